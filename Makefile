@@ -1,0 +1,51 @@
+# glrp: the two commands of the Quick start are `make reproduce` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is pinned to the CPU wheel 2.13.0: an unpinned torch pulls a multi-GB CUDA build.
+# Elsewhere, pass PIP_EXTRA (e.g. an --index-url of PyTorch's CPU wheels) or TORCH=torch==X.
+TORCH     ?= torch==2.13.0
+PIP_EXTRA ?=
+# Where the main job writes: the synthetic phantom, its checks and its partition manifest.
+RUN    ?= runs/smoke
+
+.PHONY: venv reproduce test readme export clean-nbs help
+
+help:
+	@echo "make reproduce   # set up .venv, run the main job on the synthetic phantom"
+	@echo "make test        # set up .venv, check notebooks/package/README are in sync, run pytest"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python settings.ini setup.py
+	$(BIN)/python -m pip install -q $(PIP_EXTRA) "$(TORCH)"
+	$(BIN)/python -m pip install -q $(PIP_EXTRA) -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+reproduce: venv
+	$(BIN)/glrp synth $(RUN)/data --patients 20 --seed 0 --cine 1
+	$(BIN)/glrp check-data $(RUN)/data
+	$(BIN)/glrp partition $(RUN)/data --out $(RUN)/manifest.json --folds 5 --labeled 4 --val 2 --seed 12345
+
+test: venv
+	@echo "== notebooks are clean (nbdev_clean) =="
+	$(BIN)/nbdev_clean
+	git diff --exit-code --stat -- nbs || { echo "Notebooks are not clean: run nbdev_clean and commit."; exit 1; }
+	@echo "== glrp/ equals a fresh nbdev_export =="
+	$(BIN)/nbdev_export
+	git diff --exit-code --stat -- glrp || { echo "glrp/ differs from nbdev_export of nbs/: edit the notebooks, not glrp/*.py."; exit 1; }
+	test -z "$$(git status --porcelain --untracked-files=all -- glrp)" || { git status --short -- glrp; echo "nbdev_export wrote files that are not committed."; exit 1; }
+	@echo "== README.md equals nbs/index.ipynb =="
+	$(MAKE) --no-print-directory readme
+	git diff --exit-code --stat -- README.md || { echo "README.md is out of date: run make readme and commit."; exit 1; }
+	@echo "== pytest =="
+	$(BIN)/python -m pytest tests -ra
+
+# README.md is generated from nbs/index.ipynb (Quarto, which nbdev_readme needs, is not installable offline).
+readme: venv
+	$(BIN)/jupyter nbconvert --log-level=WARN --to markdown nbs/index.ipynb --output-dir . --output README
