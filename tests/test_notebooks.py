@@ -2,7 +2,7 @@
 from pathlib import Path
 import pytest
 from nbdev.config import get_config
-from nbdev.test import test_nb
+from nbdev import test as nbdev_test  # not `import test_nb`: pytest would collect it
 
 NBS = Path(__file__).resolve().parent.parent/'nbs'
 NOTEBOOKS = sorted(NBS.glob('[0-9]*.ipynb'))
@@ -10,6 +10,6 @@ NOTEBOOKS = sorted(NBS.glob('[0-9]*.ipynb'))
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize('nb', NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook(nb):
-    ok, secs = test_nb(nb, skip_flags=get_config().tst_flags.split(), do_print=False)
+    ok, secs = nbdev_test.test_nb(nb, skip_flags=get_config().tst_flags.split(), do_print=False)
     print(f'{nb.name}: {secs:.1f} s')
     assert ok, f'{nb.name} failed (traceback above)'

@@ -1,0 +1,274 @@
+"""`glrp.data.check_dataset` reports every problem of a dataset, each with the right type and file, and the
+loaders (`index_acdc`, `load_case`) raise the same typed errors. Each broken case starts from a clean synthetic
+phantom (`glrp.synthetic.write_phantom`; a small nibabel-made dataset when that module is absent) and breaks one thing."""
+import shutil
+from pathlib import Path
+import numpy as np
+import nibabel as nib
+import pytest
+from glrp.data import (DataError, LayoutError, MissingFileError, InfoError, CorruptFileError, ShapeError, LabelError,
+                       IntensityError, ACDC_LABELS, MNMS_LABELS, check_dataset, index_acdc, load_case, PrepParams,
+                       case_sources, cine_volumes, read_info)
+
+
+# ---------------------------------------------------------------- a clean dataset
+def _toy_volume(shape, spacing, seed):
+    "(int16 image, uint8 ACDC labels) of a small LV/MYO/RV phantom."
+    rng = np.random.default_rng(seed)
+    X, Y, Z = shape
+    x, y = np.meshgrid((np.arange(X) - X / 2) * spacing[0], (np.arange(Y) - Y / 2) * spacing[1], indexing='ij')
+    lab = np.zeros(shape, np.uint8)
+    for z in range(Z):
+        r = 20 - 2 * z
+        d = np.hypot(x - 8, y)
+        lab[..., z][(np.hypot((x + 22) / 1.6, y / 1.2) < r) & (d > r + 6)] = 1
+        lab[..., z][(d < r + 7) & (d >= r)] = 2
+        lab[..., z][d < r] = 3
+    img = np.choose(lab, [100, 420, 160, 450]) + rng.normal(0, 25, shape)
+    return img.astype(np.int16), lab
+
+
+def _write(a, path, spacing):
+    img = nib.Nifti1Image(a, np.diag([-1., -1., 1., 1.]))
+    img.header.set_zooms(tuple(spacing) + (1.0,) * (a.ndim - 3))
+    nib.save(img, str(path))
+
+
+def _nibabel_dataset(root, n, cine):
+    "Fallback when glrp.synthetic is absent: `n` patients in ACDC layout, the first `cine` with a 4D cine."
+    for i in range(1, n + 1):
+        pid, d = f'patient{i:03d}', Path(root) / 'training' / f'patient{i:03d}'
+        d.mkdir(parents=True)
+        (d / 'Info.cfg').write_text('ED: 1\nES: 3\nGroup: NOR\nHeight: 170.0\nNbFrame: 4\nWeight: 70.0\n')
+        vols = [_toy_volume((64, 56, 3 + i % 3), (1.6, 1.6, 10.0), 10 * i + t) for t in range(1, 5)]
+        for t in (1, 3):
+            _write(vols[t - 1][0], d / f'{pid}_frame{t:02d}.nii.gz', (1.6, 1.6, 10.0))
+            _write(vols[t - 1][1], d / f'{pid}_frame{t:02d}_gt.nii.gz', (1.6, 1.6, 10.0))
+        if i <= cine: _write(np.stack([v[0] for v in vols], -1), d / f'{pid}_4d.nii.gz', (1.6, 1.6, 10.0))
+    return Path(root)
+
+
+def write_dataset(root, n=3, cine=1, seed=0):
+    "A clean ACDC-layout dataset under `root` (the synthetic phantom when available)."
+    try: from glrp.synthetic import write_phantom
+    except ImportError: return _nibabel_dataset(root, n, cine)
+    write_phantom(root, n_patients=n, seed=seed, cine=cine)
+    return Path(root)
+
+
+@pytest.fixture(scope='module')
+def clean(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp('clean'), n=3, cine=1)
+
+
+@pytest.fixture
+def ds(clean, tmp_path):
+    "A fresh copy of the clean dataset to break."
+    return Path(shutil.copytree(clean, tmp_path / 'data'))
+
+
+# ---------------------------------------------------------------- helpers to break it
+def patient(root, i=2): return root / 'training' / f'patient{i:03d}'
+
+
+def frame_files(root, i=2, phase='ED'):
+    "(image, label) of patient i's ED or ES frame, named from its Info.cfg."
+    d = patient(root, i)
+    n = read_info(d / 'Info.cfg')[phase]
+    img = d / f'{d.name}_frame{n:02d}.nii.gz'
+    return img, img.with_name(img.name.replace('.nii.gz', '_gt.nii.gz'))
+
+
+def rewrite(path, fn=lambda a: a, dtype=None, zooms=None):
+    "Rewrite a NIfTI file with `fn` applied to its voxels, keeping affine and header (but dtype/zooms if given)."
+    img = nib.load(str(path))
+    a = fn(np.asanyarray(img.dataobj))
+    hdr = img.header.copy()
+    hdr.set_data_dtype(dtype or a.dtype)
+    out = nib.Nifti1Image(a.astype(dtype or a.dtype), img.affine, hdr)
+    if zooms is not None: out.header.set_zooms(zooms)
+    nib.save(out, str(path))
+
+
+def set_info(path, drop=(), **kw):
+    "Rewrite an Info.cfg without the keys in `drop` and with the values in `kw`."
+    lines = {k.strip(): v.strip() for k, v in (l.split(':', 1) for l in path.read_text().splitlines() if ':' in l)}
+    lines.update({k: str(v) for k, v in kw.items()})
+    path.write_text(''.join(f'{k}: {v}\n' for k, v in lines.items() if k not in drop))
+
+
+def found(problems, root):
+    "{(type name, path relative to root)} of the problems."
+    return {(type(p).__name__, p.path.relative_to(root).as_posix()) for p in problems}
+
+
+def rel(root, p): return Path(p).relative_to(root).as_posix()
+
+
+def loader_error(root, label_map=ACDC_LABELS):
+    "The typed error the loaders raise on `root` (index, every labeled frame, every cine), or None."
+    try:
+        pats = index_acdc(root)
+        for s in case_sources(pats): load_case(s, PrepParams(spacing=2.0, size=(64, 64), label_map=label_map))
+        for p in pats: list(cine_volumes(p))
+    except DataError as e: return e
+    return None
+
+
+# ---------------------------------------------------------------- the cases
+def test_clean_dataset_has_no_problems(clean):
+    assert check_dataset(clean) == []
+    assert check_dataset(clean / 'training') == []  # a split folder works too
+    assert loader_error(clean) is None
+
+
+def _label_missing(r):
+    img, lbl = frame_files(r); lbl.unlink(); return MissingFileError, lbl
+
+def _image_missing(r):
+    img, lbl = frame_files(r, phase='ES'); img.unlink(); return MissingFileError, img
+
+def _truncated(r):
+    img, lbl = frame_files(r)
+    raw = img.read_bytes(); img.write_bytes(raw[:len(raw) // 2]); return CorruptFileError, img
+
+def _truncated_header(r):
+    img, lbl = frame_files(r)
+    lbl.write_bytes(lbl.read_bytes()[:40]); return CorruptFileError, lbl
+
+def _not_nifti(r):
+    img, lbl = frame_files(r, phase='ES'); img.write_bytes(b'this is not a NIfTI file'); return CorruptFileError, img
+
+def _nan(r):
+    img, lbl = frame_files(r)
+    def f(a): a = a.astype(np.float32); a[1, 2, 0] = np.nan; a[3, 3, 0] = np.inf; return a
+    rewrite(img, f, np.float32); return IntensityError, img
+
+def _four_d(r):
+    img, lbl = frame_files(r); rewrite(img, lambda a: np.stack([a, a], -1)); return ShapeError, img
+
+def _label_seven(r):
+    img, lbl = frame_files(r); rewrite(lbl, lambda a: np.where(a == 3, 7, a).astype(np.uint8)); return LabelError, lbl
+
+def _shape_mismatch(r):
+    img, lbl = frame_files(r); rewrite(lbl, lambda a: a[:-3]); return ShapeError, lbl
+
+def _spacing_mismatch(r):
+    img, lbl = frame_files(r)
+    z = nib.load(str(lbl)).header.get_zooms()
+    rewrite(lbl, zooms=(z[0] * 1.1, z[1] * 1.1, z[2])); return ShapeError, lbl
+
+def _constant(r):
+    img, lbl = frame_files(r); rewrite(img, lambda a: np.full_like(a, 5)); return IntensityError, img
+
+def _info_key(r):
+    p = patient(r) / 'Info.cfg'; set_info(p, drop=('ES',)); return InfoError, p
+
+def _info_missing(r):
+    p = patient(r) / 'Info.cfg'; p.unlink(); return MissingFileError, p
+
+def _info_bad_value(r):
+    p = patient(r) / 'Info.cfg'; set_info(p, ED='first'); return InfoError, p
+
+def _empty_patient(r):
+    d = patient(r); shutil.rmtree(d); d.mkdir(); return LayoutError, d
+
+CASES = {'label missing': _label_missing, 'image missing': _image_missing, 'truncated gzip': _truncated,
+         'truncated header': _truncated_header, 'not a nifti file': _not_nifti, 'nan and inf': _nan,
+         '4D array as a frame': _four_d, 'label value 7': _label_seven, 'shape mismatch': _shape_mismatch,
+         'spacing mismatch': _spacing_mismatch, 'constant image': _constant, 'Info.cfg key missing': _info_key,
+         'Info.cfg missing': _info_missing, 'Info.cfg bad value': _info_bad_value, 'empty patient folder': _empty_patient}
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_each_problem_is_reported_with_its_file_and_type(ds, case):
+    err, path = CASES[case](ds)
+    problems = check_dataset(ds)
+    assert found(problems, ds) == {(err.__name__, rel(ds, path))}, [str(p) for p in problems]
+    assert str(path) in str(problems[0])  # the message names the file
+    e = loader_error(ds)  # the loaders raise the same error
+    assert e is not None and (type(e), e.path) == (err, path), e
+
+
+def test_messages_say_what_is_wrong(ds):
+    img, lbl = frame_files(ds)
+    rewrite(lbl, lambda a: a[:-3])
+    (p,) = check_dataset(ds)
+    assert 'label shape' in p.msg and str(img) in p.msg  # names both files
+    rewrite(lbl, lambda a: np.pad(a, ((0, 3), (0, 0), (0, 0))))
+    rewrite(lbl, lambda a: np.where(a == 2, 7, a).astype(np.uint8))
+    (p,) = check_dataset(ds)
+    assert 'label values [7]' in p.msg
+    set_info(patient(ds, 1) / 'Info.cfg', drop=('ES', 'Weight'))
+    assert any("'ES', 'Weight' missing" in p.msg for p in check_dataset(ds))
+
+
+def test_stray_folder_and_file(ds):
+    (ds / 'training' / 'notes').mkdir()
+    (ds / 'training' / 'patient1').mkdir()  # a typo: not patientXXX
+    (ds / 'training' / 'scan.nii.gz').write_bytes(b'x')
+    (ds / 'training' / 'MANDATORY_CITATION.md').write_text('cite us')  # allowed, as in ACDC
+    (patient(ds) / 'MANDATORY_CITATION.md').write_text('cite us')  # allowed inside patients too
+    (patient(ds) / 'segmentation').mkdir()
+    (patient(ds) / 'patient003_frame01.nii.gz').write_bytes(b'x')  # another patient's file
+    assert found(check_dataset(ds), ds) == {
+        ('LayoutError', 'training/notes'), ('LayoutError', 'training/patient1'), ('LayoutError', 'training/scan.nii.gz'),
+        ('LayoutError', 'training/patient002/segmentation'), ('LayoutError', 'training/patient002/patient003_frame01.nii.gz')}
+
+
+def test_duplicate_id(ds):
+    (ds / 'testing').mkdir()
+    shutil.copytree(patient(ds), ds / 'testing' / 'patient002')
+    problems = check_dataset(ds)
+    assert found(problems, ds) == {('LayoutError', 'testing/patient002')}
+    assert 'duplicate patient id patient002' in problems[0].msg and str(patient(ds)) in problems[0].msg
+    with pytest.raises(LayoutError, match='duplicate patient folders: patient002'): index_acdc(ds)
+
+
+def test_empty_folders(tmp_path, ds):
+    assert found(check_dataset(tmp_path / 'nothing'), tmp_path) == {('LayoutError', 'nothing')}
+    (tmp_path / 'empty').mkdir()
+    assert found(check_dataset(tmp_path / 'empty'), tmp_path) == {('LayoutError', 'empty')}
+    (ds / 'testing').mkdir()
+    assert found(check_dataset(ds), ds) == {('LayoutError', 'testing')}
+    (tmp_path / 'other').mkdir(); (tmp_path / 'other' / 'readme.txt').write_text('hi')
+    p = check_dataset(tmp_path / 'other')
+    assert found(p, tmp_path) == {('LayoutError', 'other')} and 'no patientXXX folders' in p[0].msg
+
+
+def test_every_problem_not_just_the_first(ds):
+    # three problems in patient002 (its ED label missing, NaNs in that same frame's image, Info.cfg without ES)
+    expected = {(e.__name__, rel(ds, p)) for e, p in [_label_missing(ds), _nan(ds), _info_key(ds)]}
+    # two in patient001, one stray folder
+    img, lbl = frame_files(ds, 1, 'ES')
+    rewrite(lbl, lambda a: np.where(a == 1, 9, a).astype(np.uint8))
+    img1, _ = frame_files(ds, 1, 'ED')
+    rewrite(img1, lambda a: np.zeros_like(a))
+    (ds / 'training' / 'stray').mkdir()
+    expected |= {('LabelError', rel(ds, lbl)), ('IntensityError', rel(ds, img1)), ('LayoutError', 'training/stray')}
+    assert found(check_dataset(ds), ds) == expected
+
+
+def test_cine_problems(ds):
+    pats = index_acdc(ds)
+    p = next(p for p in pats if p.cine)
+    set_info(p.folder / 'Info.cfg', NbFrame=p.cine_shape[3] + 5)
+    problems = check_dataset(ds)
+    assert found(problems, ds) == {('ShapeError', rel(ds, p.cine))} and 'NbFrame' in problems[0].msg
+    set_info(p.folder / 'Info.cfg', NbFrame=p.cine_shape[3])
+    p.cine.write_bytes(p.cine.read_bytes()[:-2000])
+    assert found(check_dataset(ds), ds) == {('CorruptFileError', rel(ds, p.cine))}
+
+
+def test_label_map(ds, tmp_path):
+    "An M&Ms-ordered copy is clean under MNMS_LABELS; a value outside that map is reported."
+    for f in sorted(ds.rglob('*_gt.nii.gz')): rewrite(f, lambda a: np.array([0, 3, 2, 1], np.uint8)[a])
+    assert check_dataset(ds, label_map=MNMS_LABELS) == []
+    img, lbl = frame_files(ds)
+    rewrite(lbl, lambda a: np.where(a == 2, 4, a).astype(np.uint8))
+    assert found(check_dataset(ds, label_map=MNMS_LABELS), ds) == {('LabelError', rel(ds, lbl))}
+    assert loader_error(ds, MNMS_LABELS).path == lbl
+
+
+def test_real_acdc_is_clean(acdc_root):
+    assert check_dataset(acdc_root / 'training') == []

@@ -1,0 +1,247 @@
+"Tests of glrp.metrics: hand-computed cases, folder evaluation on a tiny ACDC-layout dataset, and real ACDC (skipped when absent)."
+import math, json, os, warnings
+from pathlib import Path
+import numpy as np
+import nibabel as nib
+import pytest
+from scipy import ndimage as ndi
+from glrp.data import ShapeError, LabelError, MissingFileError, LayoutError, index_acdc
+from glrp.metrics import (class_counts, dice_from_counts, surface, surface_distances, binary_metrics, volume_metrics,
+                          acdc_summary, pcl_summary, summarize, evaluate_folder, find_predictions,
+                          grid_mismatch, CSV_COLUMNS)
+
+def cube(lo, hi, shape=(8, 8, 10)):
+    m = np.zeros(shape, bool); m[tuple(slice(l, h) for l, h in zip(lo, hi))] = True; return m
+
+# ---------------------------------------------------------------- hand-computed cases
+def test_cubes_shifted_along_z_anisotropic():
+    # 4x4x4 cubes, one voxel apart along z, spacing (1,1,10): per cube 56 surface voxels,
+    # 16 at 10 mm (the protruding face), 4 at 1 mm (inner voxels of the opposite face), 36 at 0.
+    a, b = cube((2, 2, 2), (6, 6, 6)), cube((2, 2, 3), (6, 6, 7))
+    m = binary_metrics(a, b, (1, 1, 10))
+    assert m['dice'] == pytest.approx(0.75)
+    assert m['hd95'] == pytest.approx(10)
+    assert m['assd'] == pytest.approx((16*10 + 4*1)/56)
+    assert m['hd'] == pytest.approx(10)
+    assert (m['tp'], m['n_pred'], m['n_gt']) == (48, 64, 64)
+    # the same shift on a 1 mm isotropic grid: every distance is at most 1 mm
+    iso = binary_metrics(a, b, (1, 1, 1))
+    assert iso['hd95'] == pytest.approx(1) and iso['assd'] == pytest.approx((16 + 4)/56)
+
+def test_in_plane_anisotropy():
+    a, b = cube((2, 2, 2), (6, 6, 6)), cube((3, 2, 2), (7, 6, 6))  # shifted one voxel along x
+    assert binary_metrics(a, b, (2, 1, 1))['hd95'] == pytest.approx(2)
+    assert binary_metrics(a, b, (0.5, 1, 1))['hd95'] == pytest.approx(0.5)
+
+def test_single_voxel():
+    v1, v2 = cube((4, 4, 4), (5, 5, 5)), cube((5, 5, 4), (6, 6, 5))
+    m = binary_metrics(v1, v2, (1.5, 2, 10))
+    assert m['dice'] == 0 and m['hd95'] == pytest.approx(2.5) and m['assd'] == pytest.approx(2.5)
+    same = binary_metrics(v1, v1, (1.5, 2, 10))
+    assert same['dice'] == 1 and same['hd95'] == 0 and same['assd'] == 0
+    # a voxel at the centre of a 3x3x3 cube: 1 mm one way; faces/edges/corners of the cube the other way
+    c = binary_metrics(cube((4, 4, 4), (5, 5, 5)), cube((3, 3, 3), (6, 6, 6)), (1, 1, 1))
+    assert c['hd'] == pytest.approx(math.sqrt(3))
+    assert c['assd'] == pytest.approx((1 + (6 + 12*math.sqrt(2) + 8*math.sqrt(3))/26)/2)
+
+def test_empty_structures():
+    a, e = cube((2, 2, 2), (6, 6, 6)), np.zeros((8, 8, 10), bool)
+    both = binary_metrics(e, e, (1, 1, 10))
+    assert all(math.isnan(both[k]) for k in ('dice', 'hd95', 'assd', 'hd'))
+    for p, g in ((a, e), (e, a)):
+        m = binary_metrics(p, g, (1, 1, 10))
+        assert m['dice'] == 0 and math.isnan(m['hd95']) and math.isnan(m['assd'])
+        assert binary_metrics(p, g, (1, 1, 10), empty_distance=123.)['assd'] == 123.
+    assert math.isnan(binary_metrics(e, e, (1, 1, 10), empty_distance=123.)['hd95'])
+    assert math.isnan(dice_from_counts(0, 0, 0))
+
+def test_symmetry_and_identity():
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        x = ndi.binary_dilation(rng.random((20, 20, 6)) > 0.98, iterations=2)
+        y = ndi.binary_dilation(rng.random((20, 20, 6)) > 0.98, iterations=2)
+        if not (x.any() and y.any()): continue
+        m1, m2 = binary_metrics(x, y, (1.2, 0.8, 7)), binary_metrics(y, x, (1.2, 0.8, 7))
+        for k in ('dice', 'hd95', 'assd', 'hd'): assert m1[k] == pytest.approx(m2[k])
+        same = binary_metrics(x, x, (1.2, 0.8, 7))
+        assert same['dice'] == 1 and same['hd95'] == 0 and same['assd'] == 0 and same['hd'] == 0
+
+def test_crop_matches_full_grid():
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        x = ndi.binary_dilation(rng.random((16, 12, 5)) > 0.97, iterations=2)  # often touches the border
+        y = ndi.binary_dilation(rng.random((16, 12, 5)) > 0.97, iterations=2)
+        if not (x.any() and y.any()): continue
+        for u, v in zip(surface_distances(x, y, (1.3, 0.7, 6)), surface_distances(x, y, (1.3, 0.7, 6), crop=False)):
+            np.testing.assert_allclose(u, v)
+
+def test_surface_counts_array_border_as_outside():
+    m = np.ones((3, 3, 3), bool)
+    assert surface(m).sum() == 26  # only the centre is interior
+
+def test_volume_metrics_and_labels():
+    g = np.zeros((8, 8, 10), np.uint8); g[cube((2, 2, 2), (6, 6, 6))] = 3
+    recs = volume_metrics(g, g, (1, 1, 10), name='v')
+    assert [r['class'] for r in recs] == ['RV', 'MYO', 'LV']
+    assert recs[2]['dice'] == 1 and recs[2]['hd95'] == 0 and math.isnan(recs[0]['dice'])
+    with pytest.raises(LabelError, match='label values \\[4\\]'): volume_metrics(g + (g > 0), g, (1, 1, 10))
+    with pytest.raises(ShapeError, match='v.nii.gz'): volume_metrics(g[:, :, :5], g, (1, 1, 10), name='v.nii.gz')
+    np.testing.assert_array_equal(class_counts(g, g), [[0, 0, 0], [0, 0, 0], [64, 64, 64]])
+
+def test_aggregations_differ():
+    # a large well-segmented LV (Dice 0.95) and a small badly segmented one (Dice 0.4)
+    def line(n_gt, tp, n=2000):
+        g = np.zeros(n, np.uint8); p = np.zeros(n, np.uint8); g[:n_gt] = 3; p[n_gt - tp: 2*n_gt - tp] = 3
+        return p, g
+    (p1, g1), (p2, g2) = line(1000, 950), line(50, 20)
+    recs = volume_metrics(p1, g1, (1,), name='a', phase='ED') + volume_metrics(p2, g2, (1,), name='b', phase='ES')
+    a, p = acdc_summary(recs), pcl_summary(recs)
+    assert a['all']['LV']['dice']['mean'] == pytest.approx(0.675)
+    assert a['all']['LV']['dice']['std'] == pytest.approx(0.275)
+    assert p['all']['LV'] == pytest.approx(2*970/2100)
+    assert a['ED']['LV']['dice']['mean'] == pytest.approx(0.95) and p['ES']['LV'] == pytest.approx(0.4)
+    assert a['all']['mean']['dice']['mean'] == pytest.approx(0.675)  # RV/MYO absent: NaN, skipped
+    assert summarize(recs)['n_volumes'] == dict(ED=1, ES=1, all=2)
+
+def test_grid_mismatch_accepts_itk_style_affine():
+    acdc = np.diag([-1., -1, 1, 1]); itk = np.diag([-1.5, -1.5, 10, 1])
+    assert grid_mismatch((4, 4, 2), (1.5, 1.5, 10), itk, (4, 4, 2), (1.5, 1.5, 10), acdc) is None
+    assert 'directions' in grid_mismatch((4, 4, 2), (1.5, 1.5, 10), np.eye(4), (4, 4, 2), (1.5, 1.5, 10), acdc)
+
+# ---------------------------------------------------------------- a tiny ACDC-layout dataset
+SHAPE, SPACING, AFFINE = (24, 20, 4), (1.5, 1.5, 10.), np.diag([-1., -1, 1, 1])
+
+def heart(shift=0):
+    "Labels of a toy heart: LV disc, MYO ring around it, RV blob beside it (slices 0-2)."
+    x, y = np.mgrid[:SHAPE[0], :SHAPE[1]]
+    r = np.hypot(x - 12 - shift, y - 10)
+    g = np.zeros(SHAPE, np.uint8)
+    for z in range(3):
+        g[..., z][r < 6] = 2; g[..., z][r < 4] = 3
+        g[..., z][(np.hypot(x - 3 - shift, y - 10) < 3)] = 1
+    return g
+
+def save(arr, path, affine=AFFINE, spacing=SPACING, dtype=np.uint8):
+    img = nib.Nifti1Image(arr.astype(dtype), affine); img.header.set_zooms(spacing); img.header.set_sform(affine, 2)
+    nib.save(img, str(path))
+
+@pytest.fixture
+def toy(tmp_path):
+    "Two patients in ACDC layout (ED frame 1, ES frame 3) under tmp_path/gt/training."
+    for i in (1, 2):
+        d = tmp_path/'gt'/'training'/f'patient{i:03d}'; d.mkdir(parents=True)
+        (d/'Info.cfg').write_text("ED: 1\nES: 3\nGroup: NOR\nHeight: 170\nNbFrame: 10\nWeight: 70\n")
+        for fr in (1, 3):
+            save(np.zeros(SHAPE), d/f'patient{i:03d}_frame{fr:02d}.nii.gz', dtype=np.int16)
+            save(heart(), d/f'patient{i:03d}_frame{fr:02d}_gt.nii.gz')
+    return tmp_path
+
+NAMES = ['patient001_frame01', 'patient001_frame03', 'patient002_frame01', 'patient002_frame03']
+
+def write_preds(pred, arr_for=lambda n: heart(), nested=False, names=NAMES, **kw):
+    for n in names:
+        d = pred/n[:10] if nested else pred
+        d.mkdir(parents=True, exist_ok=True)
+        save(arr_for(n), d/f'{n}.nii.gz', **kw)
+
+def test_evaluate_folder_identical_flat_and_nested(toy):
+    write_preds(toy/'flat'); write_preds(toy/'nested', nested=True)
+    for pred in ('flat', 'nested'):
+        res = evaluate_folder(toy/pred, toy/'gt', out_dir=toy/f'out_{pred}')
+        for ph in ('ED', 'ES', 'all'):
+            for c in ('RV', 'MYO', 'LV', 'mean'):
+                assert res['acdc'][ph][c]['dice']['mean'] == 1 and res['acdc'][ph][c]['hd95']['mean'] == 0
+            assert res['pcl'][ph]['mean'] == 1
+        assert res['n_volumes'] == dict(ED=2, ES=2, all=4) and res['missing'] == [] and res['extra'] == []
+        out = toy/f'out_{pred}'
+        assert sorted(p.name for p in out.iterdir()) == ['metrics.csv', 'summary.json', 'summary.md']  # no temp files left
+        rows = (out/'metrics.csv').read_text().splitlines()
+        assert rows[0] == ','.join(CSV_COLUMNS) and len(rows) == 1 + 4*3
+        assert rows[1].startswith('patient001,1,ED,NOR,RV,1,0,0,0,')
+        js = json.loads((out/'summary.json').read_text())
+        assert js['acdc']['ES']['LV']['dice']['mean'] == 1 and 'records' not in js
+        md = (out/'summary.md').read_text()
+        assert '| ED | LV | 2 | 1.000 ± 0.000 |' in md and '| all | mean | 4 |' in md
+
+def test_evaluate_folder_shifted_and_itk_header(toy):
+    # a prediction shifted by 2 voxels along x, written with an ITK-style affine (spacing in the affine)
+    write_preds(toy/'pred', lambda n: heart(shift=2), affine=np.diag([-1.5, -1.5, 10, 1]))
+    res = evaluate_folder(toy/'pred', toy/'gt')
+    lv = [r for r in res['records'] if r['class'] == 'LV']
+    assert all(r['dice'] < 1 and r['hd95'] == pytest.approx(3.0) for r in lv)  # 2 voxels x 1.5 mm
+    assert res['acdc']['all']['LV']['hd95']['mean'] == pytest.approx(3.0)
+
+def test_missing_predictions(toy):
+    write_preds(toy/'pred', names=NAMES[1:3])
+    with pytest.raises(MissingFileError, match='2 prediction\\(s\\) missing: patient001_frame01, patient002_frame03'):
+        evaluate_folder(toy/'pred', toy/'gt')
+    with pytest.warns(UserWarning, match='evaluated as empty'):
+        res = evaluate_folder(toy/'pred', toy/'gt', missing='empty', out_dir=toy/'out')
+    assert res['missing'] == ['patient001_frame01', 'patient002_frame03']
+    flagged = [r for r in res['records'] if r['missing']]
+    assert len(flagged) == 6 and all(r['dice'] == 0 and math.isnan(r['hd95']) for r in flagged)
+    assert res['acdc']['all']['LV']['dice']['mean'] == pytest.approx(0.5)
+    assert res['acdc']['all']['LV']['hd95']['n'] == 2
+    assert 'patient001_frame01' in (toy/'out'/'summary.md').read_text()
+
+def test_extra_predictions(toy):
+    write_preds(toy/'pred', names=NAMES + ['patient003_frame01'])
+    with pytest.warns(UserWarning, match='without ground truth ignored: patient003_frame01'):
+        res = evaluate_folder(toy/'pred', toy/'gt', out_dir=toy/'out')
+    assert res['extra'] == ['patient003_frame01']
+    assert 'patient003_frame01' in (toy/'out'/'summary.md').read_text()
+    assert json.loads((toy/'out'/'summary.json').read_text())['extra'] == ['patient003_frame01']
+
+def test_duplicate_prediction(toy):
+    write_preds(toy/'pred'); write_preds(toy/'pred', nested=True, names=NAMES[:1])
+    with pytest.raises(LayoutError, match='duplicate prediction'): find_predictions(toy/'pred')
+
+def test_shape_affine_and_label_errors(toy):
+    bad = lambda n: heart()[:, :, :3] if n == 'patient002_frame01' else heart()
+    write_preds(toy/'p1', bad)
+    with pytest.raises(ShapeError, match='patient002_frame01.nii.gz: .*shape'): evaluate_folder(toy/'p1', toy/'gt')
+    write_preds(toy/'p2', affine=np.eye(4))
+    with pytest.raises(ShapeError, match='patient001_frame01.nii.gz: .*directions'): evaluate_folder(toy/'p2', toy/'gt')
+    write_preds(toy/'p3', spacing=(1.5, 1.5, 5.))
+    with pytest.raises(ShapeError, match='spacing'): evaluate_folder(toy/'p3', toy/'gt')
+    write_preds(toy/'p4', lambda n: heart() + 4*(heart() == 3) if n == 'patient001_frame03' else heart())
+    with pytest.raises(LabelError, match='patient001_frame03.nii.gz: label values \\[7\\]'): evaluate_folder(toy/'p4', toy/'gt')
+    write_preds(toy/'p5', dtype=np.float32)  # float files with whole values are fine (other tools write them)
+    assert evaluate_folder(toy/'p5', toy/'gt')['pcl']['all']['mean'] == 1
+
+def test_label_map(toy):
+    # predictions in M&Ms order (1 LV, 2 MYO, 3 RV) evaluated with pred_label_map
+    swap = lambda n: np.array([0, 3, 2, 1], np.uint8)[heart()]
+    write_preds(toy/'pred', swap)
+    from glrp.data import MNMS_LABELS
+    assert evaluate_folder(toy/'pred', toy/'gt', pred_label_map=MNMS_LABELS)['pcl']['all']['mean'] == 1
+    assert evaluate_folder(toy/'pred', toy/'gt')['pcl']['all']['RV'] == 0
+
+# ---------------------------------------------------------------- real ACDC (skipped when absent)
+@pytest.mark.timeout(120)
+def test_acdc_against_itself_and_shifted(acdc_root, tmp_path):
+    frames = [f for p in index_acdc(acdc_root/'training') for f in p.frames]
+    assert len(frames) == 200
+    same, shifted = tmp_path/'same', tmp_path/'shifted'
+    same.mkdir(); shifted.mkdir()
+    spacing = {}
+    for f in frames:
+        os.symlink(f.label, same/f'{f.name}.nii.gz')
+        img = nib.load(str(f.label))
+        arr = np.roll(np.asanyarray(img.dataobj), 2, axis=0)  # 2 voxels in-plane along x
+        nib.save(nib.Nifti1Image(arr, img.affine, img.header), str(shifted/f'{f.name}.nii.gz'))
+        spacing[f.name] = float(img.header.get_zooms()[0])
+    res = evaluate_folder(same, acdc_root/'training', out_dir=tmp_path/'out')
+    for r in res['records']:
+        assert r['dice'] == 1 and r['hd95'] == 0 and r['assd'] == 0 and r['hd'] == 0, r
+    assert res['n_volumes'] == dict(ED=100, ES=100, all=200) and res['pcl']['all']['mean'] == 1
+    res = evaluate_folder(shifted, acdc_root/'training')
+    assert all(r['dice'] < 1 and r['hd95'] > 0 for r in res['records'])
+    # Shifting by 2 voxels maps every surface voxel onto a surface voxel of the copy 2*dx mm away, so no
+    # surface distance exceeds 2*dx: HD95 <= 2*dx exactly. Each slice's leading edge (along x) lies 2*dx from
+    # the other surface; when these are more than 5% of the surface, HD95 is exactly 2*dx. Allow down to dx
+    # for volumes where they are not, and ask the median over volumes to be exactly 2*dx.
+    lv = np.array([r['hd95']/(2*spacing[r['volume']]) for r in res['records'] if r['class'] == 'LV'])
+    assert (lv <= 1 + 1e-6).all() and (lv >= 0.5).all()
+    assert np.median(lv) == pytest.approx(1)
+    assert 0.5 < res['acdc']['all']['LV']['dice']['mean'] < 0.99
