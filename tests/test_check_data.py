@@ -1,59 +1,15 @@
 """`glrp.data.check_dataset` reports every problem of a dataset, each with the right type and file, and the
 loaders (`index_acdc`, `load_case`) raise the same typed errors. Each broken case starts from a clean synthetic
-phantom (`glrp.synthetic.write_phantom`; a small nibabel-made dataset when that module is absent) and breaks one thing."""
+phantom (`write_dataset` in conftest.py) and breaks one thing."""
 import shutil
 from pathlib import Path
 import numpy as np
 import nibabel as nib
 import pytest
+from conftest import write_dataset, rewrite
 from glrp.data import (DataError, LayoutError, MissingFileError, InfoError, CorruptFileError, ShapeError, LabelError,
                        IntensityError, ACDC_LABELS, MNMS_LABELS, check_dataset, index_acdc, load_case, PrepParams,
                        case_sources, cine_volumes, read_info)
-
-
-# ---------------------------------------------------------------- a clean dataset
-def _toy_volume(shape, spacing, seed):
-    "(int16 image, uint8 ACDC labels) of a small LV/MYO/RV phantom."
-    rng = np.random.default_rng(seed)
-    X, Y, Z = shape
-    x, y = np.meshgrid((np.arange(X) - X / 2) * spacing[0], (np.arange(Y) - Y / 2) * spacing[1], indexing='ij')
-    lab = np.zeros(shape, np.uint8)
-    for z in range(Z):
-        r = 20 - 2 * z
-        d = np.hypot(x - 8, y)
-        lab[..., z][(np.hypot((x + 22) / 1.6, y / 1.2) < r) & (d > r + 6)] = 1
-        lab[..., z][(d < r + 7) & (d >= r)] = 2
-        lab[..., z][d < r] = 3
-    img = np.choose(lab, [100, 420, 160, 450]) + rng.normal(0, 25, shape)
-    return img.astype(np.int16), lab
-
-
-def _write(a, path, spacing):
-    img = nib.Nifti1Image(a, np.diag([-1., -1., 1., 1.]))
-    img.header.set_zooms(tuple(spacing) + (1.0,) * (a.ndim - 3))
-    nib.save(img, str(path))
-
-
-def _nibabel_dataset(root, n, cine):
-    "Fallback when glrp.synthetic is absent: `n` patients in ACDC layout, the first `cine` with a 4D cine."
-    for i in range(1, n + 1):
-        pid, d = f'patient{i:03d}', Path(root) / 'training' / f'patient{i:03d}'
-        d.mkdir(parents=True)
-        (d / 'Info.cfg').write_text('ED: 1\nES: 3\nGroup: NOR\nHeight: 170.0\nNbFrame: 4\nWeight: 70.0\n')
-        vols = [_toy_volume((64, 56, 3 + i % 3), (1.6, 1.6, 10.0), 10 * i + t) for t in range(1, 5)]
-        for t in (1, 3):
-            _write(vols[t - 1][0], d / f'{pid}_frame{t:02d}.nii.gz', (1.6, 1.6, 10.0))
-            _write(vols[t - 1][1], d / f'{pid}_frame{t:02d}_gt.nii.gz', (1.6, 1.6, 10.0))
-        if i <= cine: _write(np.stack([v[0] for v in vols], -1), d / f'{pid}_4d.nii.gz', (1.6, 1.6, 10.0))
-    return Path(root)
-
-
-def write_dataset(root, n=3, cine=1, seed=0):
-    "A clean ACDC-layout dataset under `root` (the synthetic phantom when available)."
-    try: from glrp.synthetic import write_phantom
-    except ImportError: return _nibabel_dataset(root, n, cine)
-    write_phantom(root, n_patients=n, seed=seed, cine=cine)
-    return Path(root)
 
 
 @pytest.fixture(scope='module')
@@ -77,17 +33,6 @@ def frame_files(root, i=2, phase='ED'):
     n = read_info(d / 'Info.cfg')[phase]
     img = d / f'{d.name}_frame{n:02d}.nii.gz'
     return img, img.with_name(img.name.replace('.nii.gz', '_gt.nii.gz'))
-
-
-def rewrite(path, fn=lambda a: a, dtype=None, zooms=None):
-    "Rewrite a NIfTI file with `fn` applied to its voxels, keeping affine and header (but dtype/zooms if given)."
-    img = nib.load(str(path))
-    a = fn(np.asanyarray(img.dataobj))
-    hdr = img.header.copy()
-    hdr.set_data_dtype(dtype or a.dtype)
-    out = nib.Nifti1Image(a.astype(dtype or a.dtype), img.affine, hdr)
-    if zooms is not None: out.header.set_zooms(zooms)
-    nib.save(out, str(path))
 
 
 def set_info(path, drop=(), **kw):

@@ -10,7 +10,7 @@ from glrp.data import (DataError, MissingFileError, CorruptFileError, ShapeError
                        load_nifti, load_image, load_label, load_volume, preprocess, restore, save_nifti_like,
                        cine_volumes, cine_sources, load_case, cache_path, preprocess_dataset, case_sources,
                        resize_inplane, resize_labels, one_hot, argmax0, prep_geometry)
-from test_check_data import write_dataset, rewrite
+from conftest import write_dataset, rewrite
 
 
 def dice(a, b, c): return 2 * np.sum((a == c) & (b == c)) / max(1, np.sum(a == c) + np.sum(b == c))
