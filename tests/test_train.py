@@ -166,3 +166,15 @@ def test_torchrun_two_processes(phantom):
     assert run['world'] == 2
     ck = load_checkpoint(root/'ddp'/'last.pt')
     assert ck['epoch'] == 1 and len(ck['rng']) == 2 and np.isfinite(ck['log'][0]['loss'])
+
+def test_pretrain_warmup_schedule(phantom):
+    "The pretraining lr warms up linearly (a run at SGD lr 0.1 without it collapsed the projection), then follows the cosine."
+    from glrp.train import warmup_cosine
+    root, _ = phantom
+    r = pretrain(pre_cfg(root, 'warm', stage='global', epochs=4, warmup_epochs=2, fast=False))
+    lrs = [row['lr'] for row in r['log']]  # after each epoch of 2 steps: w = 4 steps, total 8
+    assert lrs[0] == pytest.approx(0.1 * 3/4)  # still warming up (plain cosine would give 0.085)
+    assert lrs == pytest.approx([0.1 * warmup_cosine(8, 4)(s) for s in (2, 4, 6, 8)])
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    f = warmup_cosine(10, 0)
+    assert f(0) == 1.0 and f(5) == pytest.approx(0.5)  # warmup_epochs=0: the old plain cosine
