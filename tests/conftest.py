@@ -33,3 +33,15 @@ def rewrite(path, fn=lambda a: a, dtype=None, zooms=None):
     out = nib.Nifti1Image(a.astype(dtype or a.dtype), img.affine, hdr)
     if zooms is not None: out.header.set_zooms(zooms)
     nib.save(out, str(path))
+
+
+def run_process_group(cmd, timeout, **kw):
+    "subprocess.run for launchers like torchrun: on timeout, kill the launcher *and* its workers (its own session), then fail."
+    import os, signal, subprocess
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
+    try: out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        pytest.fail(f"{' '.join(map(str, cmd[:4]))} ... timed out after {timeout} s; killed its process group\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)

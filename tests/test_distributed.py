@@ -1,6 +1,7 @@
 "Distributed helpers: one-process fallbacks, launch errors, 2 gloo ranks x B against 1 process x 2B (loss and DDP gradients), a real torchrun launch."
 import os, socket, subprocess, sys, textwrap, time
 import pytest
+from conftest import run_process_group
 import torch
 from glrp.distributed import (DistInfo, LaunchError, init_distributed, is_main, is_distributed, gather_with_grad,
                               gather_nograd, gather_batch, global_anchors, pool_regions, seed_everything, shard,
@@ -107,7 +108,7 @@ def test_torchrun_two_processes(tmp_path):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes=1', '--nproc_per_node=2',
            '--master_addr=127.0.0.1', f'--master_port={_free_port()}', str(script)]
     t = time.time()
-    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=100)
+    out = run_process_group(cmd, timeout=100, env=env, cwd=tmp_path)
     print(f'torchrun: {time.time() - t:.1f} s')
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import nibabel as nib
 import pytest
+from conftest import run_process_group
 import torch
 from glrp.synthetic import write_phantom
 from glrp.partition import make_manifest, write_manifest, fold_volumes
@@ -160,7 +161,7 @@ def test_torchrun_two_processes(phantom):
     cmd = [str(torchrun), '--standalone', '--nproc_per_node=2', '-m', 'glrp.cli', 'pretrain', str(root/'manifest.json'),
            '--out', str(root/'ddp'), '--spacing', '2.5', '--size', '64', '64', '--f', '8', '--proj-dim', '16', '--batch', '8',
            '--epochs', '1', '--stage', 'joint', '--max-steps', '2', '--workers', '1', '--no-progress', '--device', 'cpu']
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=100, env=env)
+    r = run_process_group(cmd, timeout=100, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     run = json.loads((root/'ddp'/'run.json').read_text())
     assert run['world'] == 2
