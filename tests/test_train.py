@@ -117,8 +117,22 @@ def test_predict_writes_nifti_per_test_frame(phantom):
     for pid in m['folds'][0]['test']: (gt/pid).symlink_to(root/'data'/'training'/pid)
     res = evaluate_folder(out, gt)
     assert res['missing'] == [] and len(res['records']) > 0
-    with pytest.raises(Exception, match='not a fine-tuned'): predict(root/'rec_pre'/'last.pt' if (root/'rec_pre').exists() else
-                                                                    root/'pre_straight_False'/'last.pt', root/'bad', workers=1)
+    # the same prediction refined by the dense CRF: same files and grid, probabilities still normalised, but changed
+    crf_paths = predict(root/'ft_pred'/'best.pt', root/'pred_crf', role='test', workers=1, progress=False, save_probs=True,
+                        crf=True, crf_params={'iterations': 3})
+    assert sorted(p.name for p in crf_paths) == sorted(p.name for p in paths)
+    changed = 0
+    for p in crf_paths:
+        assert nib.load(p).shape == nib.load(out/p.name).shape
+        pc = np.load(root/'pred_crf'/'probs'/p.name.replace('.nii.gz', '.npz'))['probs']
+        p0 = np.load(out/'probs'/p.name.replace('.nii.gz', '.npz'))['probs']
+        assert np.allclose(pc.sum(0), 1, atol=1e-3)
+        changed += not np.allclose(pc, p0, atol=1e-3)
+    assert changed > 0
+    assert evaluate_folder(root/'pred_crf', gt)['missing'] == []
+    pre = root/'pre_for_predict'
+    if not (pre/'last.pt').exists(): pretrain(pre_cfg(root, 'pre_for_predict', stage='global', epochs=1, fast=False))
+    with pytest.raises(Exception, match='not a fine-tuned'): predict(pre/'last.pt', root/'bad', workers=1)
 
 def test_cli_end_to_end(phantom, capsys):
     root, m = phantom
@@ -132,6 +146,10 @@ def test_cli_end_to_end(phantom, capsys):
     assert main(['predict', str(root/'cli_ft'/'best.pt'), '--out', str(root/'cli_pred'), '--role', 'val', '--workers', '1',
                  '--no-progress', '--no-fast']) == 0
     assert len(list((root/'cli_pred').glob('*.nii.gz'))) == 2 * len(m['folds'][0]['val'])
+    assert main(['predict', str(root/'cli_ft'/'best.pt'), '--out', str(root/'cli_pred_crf'), '--role', 'val', '--workers', '1',
+                 '--no-progress', '--crf']) == 0
+    assert len(list((root/'cli_pred_crf').glob('*.nii.gz'))) == 2 * len(m['folds'][0]['val'])
+    assert main(['evaluate', str(root/'cli_pred_crf'), str(root/'data'), '--missing', 'empty']) == 0
     out = capsys.readouterr().out
     assert 'best epoch' in out and 'wrote' in out
 
