@@ -5,7 +5,7 @@
 # %% ../nbs/03_augment.ipynb #74b858e8
 from __future__ import annotations
 import math
-from dataclasses import dataclass, replace, field
+from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 import torch.nn.functional as F
@@ -186,7 +186,7 @@ def apply_intensity(x:Tensor, # [B, C, H, W] images (z-scored)
     return _like(y, x)
 
 # %% ../nbs/03_augment.ipynb #c68749c3
-def _geometry(x:Tensor, params:AugParams, generator, mode:str='bilinear', padding:str='zeros'):
+def _geometry(x:Tensor, params:AugParams, generator):
     "A random transform for the batch `x`: (theta, displacement, output size)."
     B, (H, W) = x.shape[0], x.shape[-2:]
     size = params.crop or (H, W)

@@ -1,0 +1,263 @@
+"""Training throughput of the plain fp32 path and the fast path (channels_last + bf16 autocast), and their accuracy.
+
+Usage: .venv/bin/python bench/train.py [--device cpu|cuda] [--f 16] [--size 128] [--batch 16] [--steps 6] [--rounds 3]
+                                       [--warmup 3] [--finetune auto|engine|loop|none] [--ft-epochs 20] [--ft-seeds 2]
+
+Speed: images per second of one pretraining step (two augmented views of each slice -> UNet encoder + global head
+-> `contrastive_loss` with GLRP weights -> backward -> SGD step) and one fine-tuning step (augmented image + labels
+-> UNet -> `seg_loss` -> backward -> Adam step), augmentation included, at a PCL-shaped configuration scaled for a
+CPU (f=16, 128x128, batch 16 slices; pretraining pushes 2 x 16 views). Both paths train their own copy of the same
+initial model on the same batch of phantom slices; after warm-up steps, rounds of `steps` steps alternate between the
+paths (the machine may be shared: alternating spreads the other jobs' load over both), and the best round of each
+path is reported with the median. On CUDA the device is synchronised before every clock reading. Peak RSS of the
+process (and, on CUDA, peak allocated GPU memory per path) and the load average are printed.
+
+Accuracy: a short fine-tune on phantom patients (written to a temporary folder, preprocessed by `glrp.data` at 2 mm /
+128 x 128) with the fast path off and on, and the pooled validation Dice (RV, MYO, LV) of both, taken as the mean over
+the last `--ft-last` epochs. `--finetune engine` (the default when `glrp.train` imports) runs `glrp.train.finetune`
+on a partition manifest of the phantom; `--finetune loop` runs a minimal loop written here (Adam, cosine schedule).
+The fast path should cost no accuracy: Dice within 0.01 of the plain path. Both paths run with `--ft-seeds` seeds
+(paired: the same seed gives both the same initial weights, batches and augmentations), and the mean difference is
+printed with its standard error: bf16 rounding makes the two runs of one seed drift apart like two seeds do, so a
+single pair of short runs cannot resolve 0.01 when seeds alone move the Dice by more.
+"""
+import argparse, os, resource, statistics, sys, tempfile, time
+from contextlib import nullcontext
+from copy import deepcopy
+from pathlib import Path
+import numpy as np
+import torch
+from glrp.augment import AugParams, two_views, augment_pair
+from glrp.data import PrepParams, index_acdc, load_case
+from glrp.losses import contrastive_loss, positive_weights, seg_loss
+from glrp.synthetic import write_phantom
+from glrp.unet import UNet
+
+def bf16_ok(device:torch.device) -> bool:
+    "bf16 runs natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX (oneDNN)."
+    if device.type == 'cuda': return torch.cuda.is_bf16_supported()
+    try: return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError): return False
+
+def sync(device):
+    if device.type == 'cuda': torch.cuda.synchronize(device)
+
+def peak_rss_mib() -> float:
+    "Peak resident set size of this process (MiB; Linux reports KiB)."
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 if sys.platform != 'darwin' else r / 2**20
+
+def load_avg() -> str: return ', '.join(f'{x:.2f}' for x in os.getloadavg())
+
+class Path_:
+    "One training path: its model, optimiser, memory format and autocast."
+    def __init__(self, name, model, opt, device, fast):
+        self.name, self.model, self.opt, self.device, self.fast = name, model, opt, device, fast
+        self.amp = fast and bf16_ok(device)
+        self.fmt = torch.channels_last if fast else torch.contiguous_format
+        self.model.to(device=device, memory_format=self.fmt)
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+    def input(self, x): return x.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
+
+def pretrain_step(P:Path_, x, pos, aug, gen):
+    "Two views -> encoder + global head -> GLRP contrastive loss -> backward -> SGD step."
+    v1, v2 = two_views(x, aug, gen)
+    with P.autocast(): z = P.model.global_proj(P.input(torch.cat([v1, v2])))
+    n = len(x)
+    loss = contrastive_loss(torch.stack([z[:n], z[n:]], 1), positive_weights('glrp', p=pos).to(P.device), T=0.1)
+    P.opt.zero_grad(set_to_none=True); loss.backward(); P.opt.step()
+    return loss
+
+def finetune_step(P:Path_, x, y, aug, gen):
+    "Augmented image + labels -> UNet -> CE + Dice -> backward -> Adam step."
+    xa, ya = augment_pair(x, y, aug, gen)
+    with P.autocast(): logits = P.model(P.input(xa))
+    loss = seg_loss(logits, ya.to(P.device))
+    P.opt.zero_grad(set_to_none=True); loss.backward(); P.opt.step()
+    return loss
+
+def phantom_slices(root:Path, n_patients:int, size:int, spacing:float=2.0):
+    "Images [N, 1, S, S] (z-scored), labels [N, S, S] and relative positions [N] of every labeled phantom slice."
+    pats = index_acdc(write_phantom(root, n_patients=n_patients, seed=0))
+    cases = [load_case(f, PrepParams(spacing=spacing, size=(size, size))) for p in pats for f in p.frames]
+    img = torch.from_numpy(np.concatenate([c.image for c in cases]))[:, None]
+    lab = torch.from_numpy(np.concatenate([c.label for c in cases])).long()
+    pos = torch.tensor([(z + 0.5) / len(c.image) for c in cases for z in range(len(c.image))])
+    return img, lab, pos
+
+def bench_speed(kind, make_paths, step, args, device):
+    "Warm up both paths, then alternate timed rounds; {path name: [seconds per step of each round]}."
+    paths = make_paths()
+    times = {P.name: [] for P in paths}
+    mem = {}
+    for P in paths:
+        if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(args.warmup): step(P)
+        sync(device)
+        if device.type == 'cuda': mem[P.name] = torch.cuda.max_memory_allocated(device) / 2**20
+        print(f'  {kind} {P.name}: warmed up, peak RSS so far {peak_rss_mib():.0f} MiB'
+              + (f', peak GPU memory {mem[P.name]:.0f} MiB' if P.name in mem else ''), flush=True)
+    for r in range(args.rounds):
+        for P in (paths if r % 2 == 0 else paths[::-1]):
+            sync(device); t = time.perf_counter()
+            for _ in range(args.steps): loss = step(P)
+            float(loss.detach()); sync(device)
+            times[P.name].append((time.perf_counter() - t) / args.steps)
+    return times
+
+def report(kind, times, imgs_per_step, unit):
+    best = {k: min(v) for k, v in times.items()}
+    for k, v in times.items():
+        print(f'  {kind} {k:5s}: {imgs_per_step / best[k]:7.1f} {unit}/s (best round; median {imgs_per_step / statistics.median(v):.1f}), '
+              f'{best[k]*1000:.0f} ms/step')
+    ratio = best['plain'] / best['fast']
+    print(f'  {kind} fast / plain: {ratio:.2f}x')
+    return ratio
+
+# ---------- accuracy ----------
+def finetune_engine(root:Path, work:Path, args, fast:bool, seed:int) -> tuple:
+    "(validation Dice of every epoch, training seconds) of `glrp.train.finetune` on the phantom."
+    from glrp.partition import make_manifest, write_manifest
+    from glrp.train import FinetuneConfig, finetune
+    man = work/'manifest.json'
+    if not man.exists():
+        write_manifest(make_manifest(root, folds=args.ft_folds, labeled=args.ft_labeled, val=args.ft_val), man)
+    cfg = FinetuneConfig(manifest=str(man), out=str(work/f'ft_{"fast" if fast else "plain"}_{seed}'), cache=str(work/'cache'),
+                         spacing=2.0, size=(args.size, args.size), f=args.f, epochs=args.ft_epochs, batch=args.batch,
+                         lr=args.ft_lr, seed=seed, device=str(args.device), fast=fast, workers=1, progress=False)
+    r = finetune(cfg)
+    curve = [row['val_dice'] for row in r['log'] if row['val_dice'] is not None]
+    return curve, sum(row['seconds'] for row in r['log'])
+
+def finetune_loop(root:Path, work:Path, args, fast:bool, seed:int) -> tuple:
+    "(validation Dice of every epoch, training seconds) of a minimal fine-tune loop: the first patients train, the last `ft_val` validate."
+    device = torch.device(args.device)
+    pats = index_acdc(root)
+    prep = PrepParams(spacing=2.0, size=(args.size, args.size))
+    def slices(ps):
+        cs = [load_case(f, prep) for p in ps for f in p.frames]
+        return torch.from_numpy(np.concatenate([c.image for c in cs]))[:, None], torch.from_numpy(np.concatenate([c.label for c in cs])).long()
+    xtr, ytr = slices(pats[:args.ft_labeled]); xva, yva = slices(pats[-args.ft_val:])
+    torch.manual_seed(seed)
+    P = Path_('fast' if fast else 'plain', UNet(f=args.f), None, device, fast)
+    P.opt = torch.optim.Adam(P.model.parameters(), lr=args.ft_lr)
+    gen, aug = torch.Generator().manual_seed(seed), AugParams.finetune()
+    steps = args.ft_epochs * (len(xtr) // args.batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(P.opt, T_max=max(1, steps))
+    curve, secs = [], 0.
+    for ep in range(args.ft_epochs):
+        t0 = time.perf_counter()
+        P.model.train()
+        perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed * 1000 + ep))
+        for i in range(0, len(perm) - args.batch + 1, args.batch):
+            finetune_step(P, xtr[perm[i:i + args.batch]], ytr[perm[i:i + args.batch]], aug, gen); sched.step()
+        secs += time.perf_counter() - t0
+        P.model.eval()
+        with torch.no_grad(), P.autocast():
+            pred = torch.cat([P.model(P.input(xva[i:i + 32])).float().argmax(1).cpu() for i in range(0, len(xva), 32)])
+        d = [2 * ((pred == c) & (yva == c)).sum().item() / max(1, (pred == c).sum().item() + (yva == c).sum().item()) for c in (1, 2, 3)]
+        curve.append(float(np.mean(d)))
+    return curve, secs
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--device', default='cpu', help="cpu or cuda")
+    ap.add_argument('--f', type=int, default=16, help='UNet base width (PCL: 48)')
+    ap.add_argument('--size', type=int, default=128, help='slice size (PCL: 352)')
+    ap.add_argument('--batch', type=int, default=16, help='slices per step (pretraining: two views each)')
+    ap.add_argument('--warmup', type=int, default=3, help='untimed steps per path and kind')
+    ap.add_argument('--steps', type=int, default=6, help='steps per timed round')
+    ap.add_argument('--rounds', type=int, default=3, help='timed rounds per path (alternating)')
+    ap.add_argument('--threads', type=int, default=None, help='torch threads (default: os.cpu_count())')
+    ap.add_argument('--finetune', choices=('auto', 'engine', 'loop', 'none'), default='auto',
+                    help='accuracy check: glrp.train.finetune (engine), a minimal loop, or none; auto: engine when importable')
+    ap.add_argument('--ft-patients', type=int, default=16, help='phantom patients of the accuracy check')
+    ap.add_argument('--ft-folds', type=int, default=4, help='engine: folds of the manifest (fold 0 is used)')
+    ap.add_argument('--ft-labeled', type=int, default=6, help='labeled (training) patients')
+    ap.add_argument('--ft-val', type=int, default=6, help='validation patients')
+    ap.add_argument('--ft-epochs', type=int, default=20)
+    ap.add_argument('--ft-last', type=int, default=3, help='the Dice of a run is the mean validation Dice of its last epochs')
+    ap.add_argument('--ft-lr', type=float, default=3e-3)
+    ap.add_argument('--ft-seeds', type=int, default=2, help='seeds per path (paired: seed s of the plain path vs seed s of the fast path)')
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available(): sys.exit('--device cuda: CUDA is not available')
+    torch.set_num_threads(args.threads or os.cpu_count())
+    if device.type == 'cuda': torch.backends.cudnn.benchmark = True
+    print(f'torch {torch.__version__}, device {device}' + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else '')
+          + f', {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, bf16 native: {bf16_ok(device)}')
+    print(f'load average (1, 5, 15 min) at start: {load_avg()}  (the machine may be shared: other jobs slow both paths)')
+    print(f'config: UNet f={args.f}, {args.size}x{args.size}, batch {args.batch} slices; fast = channels_last'
+          + (' + bf16 autocast' if bf16_ok(device) else ' only (no native bf16 here)'))
+    tmp = Path(tempfile.mkdtemp(prefix='glrp_bench_train_'))
+    img, lab, pos = phantom_slices(tmp/'speed', 4, args.size)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(img), generator=g)[:args.batch]
+    idx = idx.repeat(-(-args.batch // len(idx)))[:args.batch]
+    x, y, p = img[idx].to(device), lab[idx].to(device), pos[idx].to(device)  # augmentation runs on the device, as in training
+
+    torch.manual_seed(0)
+    pre0 = UNet(f=args.f, heads=True)
+    def pre_paths():
+        out = []
+        for name, fast in (('plain', False), ('fast', True)):
+            m = deepcopy(pre0)
+            out.append(Path_(name, m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5), device, fast))
+        return out
+    gens = {}
+    def pstep(P): return pretrain_step(P, x, p, AugParams.contrastive(), gens.setdefault(('pre', P.name), torch.Generator(device).manual_seed(1)))
+    print('pretraining step (two views -> encoder + global head -> GLRP contrastive loss -> backward -> SGD):', flush=True)
+    t_pre = bench_speed('pretrain', pre_paths, pstep, args, device)
+    r_pre = report('pretrain', t_pre, 2 * args.batch, 'view-images')
+    print(f'  (slices/s = view-images/s / 2: plain {args.batch / min(t_pre["plain"]):.1f}, fast {args.batch / min(t_pre["fast"]):.1f})')
+
+    torch.manual_seed(0)
+    seg0 = UNet(f=args.f)
+    def seg_paths():
+        out = []
+        for name, fast in (('plain', False), ('fast', True)):
+            m = deepcopy(seg0)
+            out.append(Path_(name, m, torch.optim.Adam(m.parameters(), lr=1e-3), device, fast))
+        return out
+    def fstep(P): return finetune_step(P, x, y, AugParams.finetune(), gens.setdefault(('ft', P.name), torch.Generator(device).manual_seed(2)))
+    print('fine-tuning step (image + labels -> UNet -> CE + Dice -> backward -> Adam):', flush=True)
+    t_ft = bench_speed('finetune', seg_paths, fstep, args, device)
+    r_ft = report('finetune', t_ft, args.batch, 'images')
+    print(f'peak RSS after the speed runs: {peak_rss_mib():.0f} MiB; load average now: {load_avg()}', flush=True)
+
+    mode = args.finetune
+    if mode == 'auto':
+        try:
+            import glrp.train  # noqa: F401
+            mode = 'engine'
+        except ImportError: mode = 'loop'
+    res = {}
+    if mode != 'none':
+        root = write_phantom(tmp/'phantom', n_patients=args.ft_patients, seed=0)
+        run = finetune_engine if mode == 'engine' else finetune_loop
+        print(f'accuracy: {args.ft_epochs}-epoch fine-tune on phantom patients ({"glrp.train.finetune" if mode == "engine" else "minimal loop"}; '
+              f'{args.ft_labeled} labeled, {args.ft_val} validation patients, 2 mm, {args.size}x{args.size}, f={args.f}, batch {args.batch}):', flush=True)
+        k = min(args.ft_last, args.ft_epochs)
+        for seed in range(args.ft_seeds):
+            for name, fast in (('plain', False), ('fast', True)):
+                curve, secs = run(root, tmp, args, fast, seed)
+                res.setdefault(name, []).append(float(np.mean(curve[-k:])))
+                print(f'  seed {seed} {name:5s}: Dice {res[name][-1]:.4f} (mean of the last {k} epochs), {secs:.0f} s of training; '
+                      f'per epoch: ' + ' '.join(f'{d:.3f}' for d in curve), flush=True)
+        dif = np.array(res['fast']) - np.array(res['plain'])
+        n = len(dif)
+        print(f'  plain: {np.mean(res["plain"]):.4f}' + (f' +- {np.std(res["plain"], ddof=1):.4f} (sd over seeds)' if n > 1 else '')
+              + f'; fast: {np.mean(res["fast"]):.4f}' + (f' +- {np.std(res["fast"], ddof=1):.4f}' if n > 1 else ''))
+        d = dif.mean()
+        verdict = ('within 0.01' if abs(d) < 0.01 else 'fast path BETTER by more than 0.01' if d > 0 else 'fast path WORSE by more than 0.01')
+        print(f'  Dice fast - Dice plain: {d:+.4f} (paired over {n} seed(s): ' + ' '.join(f'{v:+.4f}' for v in dif) + f'): {verdict}')
+        if n > 1:
+            sd = float(np.std(res['plain'], ddof=1))
+            print(f'  seed-to-seed sd of the plain path: {sd:.4f}' + (' (larger than the 0.01 window: at this scale the window is below the seed noise; '
+                  'more seeds or a longer fine-tune narrow it)' if sd >= 0.01 else ''))
+        else: print('  one seed only: run --ft-seeds 3 or more to see the seed-to-seed noise')
+    print(f'summary: pretrain {r_pre:.2f}x, finetune {r_ft:.2f}x faster on the fast path (target >= 2x); '
+          f'peak RSS {peak_rss_mib():.0f} MiB; load average at the end: {load_avg()}')
+
+if __name__ == '__main__': main()
