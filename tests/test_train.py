@@ -149,7 +149,7 @@ def test_cli_end_to_end(phantom, capsys):
     assert main(['predict', str(root/'cli_ft'/'best.pt'), '--out', str(root/'cli_pred_crf'), '--role', 'val', '--workers', '1',
                  '--no-progress', '--crf']) == 0
     assert len(list((root/'cli_pred_crf').glob('*.nii.gz'))) == 2 * len(m['folds'][0]['val'])
-    assert main(['evaluate', str(root/'cli_pred_crf'), str(root/'data'), '--missing', 'empty']) == 0
+    assert main(['evaluate', str(root/'cli_pred_crf'), str(root/'data'), '--missing', 'skip']) == 0
     out = capsys.readouterr().out
     assert 'best epoch' in out and 'wrote' in out
 
