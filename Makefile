@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # Elsewhere, pass PIP_EXTRA (e.g. an --index-url of PyTorch's CPU wheels) or TORCH=torch==X.
 TORCH     ?= torch==2.13.0
 PIP_EXTRA ?=
-# Where the main job writes: the synthetic phantom, its checks and its partition manifest.
+# Where the main job writes: experiments, shared work (phantom, cache, pretrained encoders), results.csv, RESULTS.md.
 RUN    ?= runs/smoke
 
 .PHONY: venv reproduce test readme export clean-nbs help
@@ -27,14 +27,17 @@ $(VENV)/.installed: $(BIN)/python settings.ini setup.py
 
 venv: $(VENV)/.installed
 
+# The smoke profile: phantom, six methods with and without CRF, the ablation, the figures; $(RUN)/RESULTS.md.
+# Real data: $(BIN)/glrp reproduce --profile cpu --data ../shared/acdc   (see README)
 reproduce: venv
-	$(BIN)/glrp synth $(RUN)/data --patients 20 --seed 0 --cine 1
-	$(BIN)/glrp check-data $(RUN)/data
-	$(BIN)/glrp partition $(RUN)/data --out $(RUN)/manifest.json --folds 5 --labeled 4 --val 2 --seed 12345
+	$(BIN)/glrp reproduce --profile smoke --out $(RUN)
+	@echo "== $(RUN)/RESULTS.md =="
+	@sed -n '/^## Main table/,/^## Ablation/p' $(RUN)/RESULTS.md
 
 test: venv
 	@echo "== notebooks are clean (nbdev_clean) =="
 	$(BIN)/nbdev_clean
+	$(BIN)/nbdev_clean --fname nbs/repro
 	git diff --exit-code --stat -- nbs || { echo "Notebooks are not clean: run nbdev_clean and commit."; exit 1; }
 	@echo "== glrp/ equals a fresh nbdev_export =="
 	$(BIN)/nbdev_export

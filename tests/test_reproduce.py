@@ -1,0 +1,171 @@
+"`glrp reproduce` end to end on a tiny profile: outputs agree with each other; skip, resume, --force, failures, parameters cell."
+import csv, json, os, shutil, subprocess, sys
+from pathlib import Path
+import nbformat
+import pytest
+from glrp.reproduce import PROFILES, CSV_FIELDS, check_parameters_cell, notebooks_folder, NotebookError
+from glrp.synthetic import write_phantom
+
+pytestmark = pytest.mark.timeout(900)
+
+NOTEBOOKS = ('main_table', 'ablation', 'figures')
+
+# A few synthetic patients, two methods, one GLRP ablation variant, one epoch each: the whole pipeline in about a minute.
+TINY = dict(base='smoke', name='tiny', folds=4, Ms=[2], val=1, methods=['random', 'glrp'], f=4, size=[32, 32], spacing=5.0,
+            pretrain_epochs=1, local_epochs=1, pretrain_batch=16, finetune_epochs=2, finetune_batch=8,
+            crf_grid={'iterations': [1, 2]}, crf_iterations=[0, 2], ablation=[['hard', {'kernel': 'hard'}]])
+
+
+def glrp_cli(*args, cwd):
+    "Run the installed `glrp` command (as a user would) in a subprocess."
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, '-m', 'glrp.cli', *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def results(out):
+    "{label: result record} of every experiment under `out`."
+    return {f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text()) for p in Path(out).glob('*/*/result.json')}
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    "One finished reproduction of the tiny profile on a phantom with training/ (8 patients) and labeled testing/ (2 patients)."
+    tmp = tmp_path_factory.mktemp('repro')
+    write_phantom(tmp/'data', n_patients=8, seed=3)
+    write_phantom(tmp/'data', n_patients=2, seed=4, split='testing', start_id=101)
+    (tmp/'tiny.json').write_text(json.dumps(TINY))
+    r = glrp_cli('reproduce', '--profile', tmp/'tiny.json', '--data', tmp/'data', '--out', tmp/'out', '--device', 'cpu', cwd=tmp)
+    return tmp, r
+
+
+def test_repro_notebooks_are_clean_templates():
+    "Each committed experiment notebook has a parameters cell, no outputs, and its parameters documented inline."
+    for name in NOTEBOOKS:
+        path = notebooks_folder()/f'{name}.ipynb'
+        i = check_parameters_cell(path)
+        nb = nbformat.read(path, as_version=4)
+        assert not any(c.get('outputs') for c in nb.cells if c.cell_type == 'code'), f"{path}: commit it without outputs"
+        assert 'result' in nb.cells[i].source and all('#' in l for l in nb.cells[i].source.splitlines() if '=' in l), path
+
+
+def test_end_to_end(tiny):
+    tmp, r = tiny
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = tmp/'out'
+    recs = results(out)
+    expected = {'main_table/random-M2-fold0', 'main_table/glrp-M2-fold0', 'ablation/hard', 'figures/figures'}
+    assert set(recs) == expected
+    for label in expected:  # every experiment kept its executed notebook next to its result
+        nb = nbformat.read(out/label/f"{label.split('/')[0]}.ipynb", as_version=4)
+        assert any(c.get('outputs') for c in nb.cells if c.cell_type == 'code')
+        assert any('injected-parameters' in c.metadata.get('tags', []) for c in nb.cells), 'papermill did not inject the parameters'
+    # the parameters reached the notebooks: the tiny network, not the notebook's default width
+    ck = json.loads((out/'main_table/glrp-M2-fold0/finetune/run.json').read_text())
+    assert ck['model_args']['f'] == 4 and ck['config']['size'] == [32, 32]
+    # results.csv agrees with the result JSONs, row for row
+    rows = list(csv.DictReader(open(out/'results.csv')))
+    assert list(rows[0]) == CSV_FIELDS
+    n_evals = sum(len(r['evaluations']) for r in recs.values())
+    assert len(rows) == n_evals
+    for row in rows:
+        rec = recs[f"{row['notebook']}/{row['experiment']}"]
+        ev = [e for e in rec['evaluations'] if e['split'] == row['split'] and e['crf'] == row['crf']]
+        assert len(ev) == 1
+        pcl = ev[0]['summary']['pcl']['all']
+        for c in ('RV', 'MYO', 'LV', 'mean'):
+            assert abs(float(row[f'dice_{c}']) - pcl[c]) < 1e-4
+        assert int(row['volumes']) == ev[0]['summary']['n_volumes']['all']
+    # test fold and ACDC-style testing/ split, without and with CRF; the ablation's iteration sweep
+    main = recs['main_table/glrp-M2-fold0']
+    assert {(e['split'], e['crf']) for e in main['evaluations']} == {('test', 'none'), ('test', 'crf'), ('testing', 'none'), ('testing', 'crf')}
+    assert [e['summary']['n_volumes']['all'] for e in main['evaluations'] if e['split'] == 'testing'] == [4, 4]
+    assert {e['crf'] for e in recs['ablation/hard']['evaluations']} == {'none', 'crf', 'crf-it0', 'crf-it2'}
+    # RESULTS.md shows the numbers of results.csv, the testing/ table, the ablation, the figures and provenance
+    md = (out/'RESULTS.md').read_text()
+    for row in rows:
+        if row['notebook'] == 'main_table': assert f"**{float(row['dice_mean']):.3f}**" in md
+    assert '## ACDC testing/' in md and '## Ablation' in md and 'commit `' in md
+    for f in recs['figures/figures']['figures']:
+        assert (out/'figures/figures'/f).stat().st_size > 1000
+        assert f"figures/figures/{f}" in md
+    meta = json.loads((out/'reproduce.json').read_text())
+    assert meta['failed'] == [] and len(meta['ran']) == 4 and meta['data_hash'] == main['data_hash']
+    # the CRF was tuned on validation only: its table has one score per grid point
+    assert len(main['crf_table']) == 2
+
+
+def test_skip_and_resume(tiny):
+    tmp, _ = tiny
+    out = tmp/'out'
+    before = {k: v['finished'] for k, v in results(out).items()}
+    r = glrp_cli('reproduce', '--profile', tmp/'tiny.json', '--data', tmp/'data', '--out', out, '--device', 'cpu', '--only', 'main_table', cwd=tmp)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count('skip ') == 2 and 'run    ' not in r.stdout
+    # an experiment whose result is gone runs again; its finished fine-tuning is reused, the other experiment is skipped
+    (out/'main_table/random-M2-fold0/result.json').unlink()
+    best = out/'main_table/random-M2-fold0/finetune/best.pt'
+    t_best = best.stat().st_mtime_ns
+    r = glrp_cli('reproduce', '--profile', tmp/'tiny.json', '--data', tmp/'data', '--out', out, '--device', 'cpu', '--only', 'main_table', cwd=tmp)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'run    main_table/random-M2-fold0' in r.stdout and 'skip   main_table/glrp-M2-fold0' in r.stdout
+    assert best.stat().st_mtime_ns == t_best
+    after = results(out)
+    assert after['main_table/glrp-M2-fold0']['finished'] == before['main_table/glrp-M2-fold0']
+    # changed parameters are not "done": a different M is a new experiment
+    prof = dict(TINY, Ms=[3]); (tmp/'tiny3.json').write_text(json.dumps(prof))
+    from glrp.reproduce import load_profile, experiments, is_done
+    exps = experiments(load_profile(str(tmp/'tiny3.json')), tmp/'data', out/'work')
+    assert not any(is_done(e, out) for e in exps)
+
+
+def test_force_reruns_with_the_same_numbers(tiny):
+    "--force retrains from an empty experiment folder; the same seed gives the same numbers on the same machine."
+    tmp, _ = tiny
+    out = tmp/'out'
+    prof = dict(TINY, methods=['random'], ablation=[]); (tmp/'random.json').write_text(json.dumps(prof))
+    old = results(out)['main_table/random-M2-fold0']
+    best = out/'main_table/random-M2-fold0/finetune/best.pt'
+    t_best = best.stat().st_mtime_ns
+    r = glrp_cli('reproduce', '--profile', tmp/'random.json', '--data', tmp/'data', '--out', out, '--device', 'cpu', '--only', 'main_table',
+                 '--force', cwd=tmp)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'run    main_table/random-M2-fold0' in r.stdout
+    assert best.stat().st_mtime_ns != t_best  # retrained, not reused
+    new = results(out)['main_table/random-M2-fold0']
+    assert new['finished'] >= old['finished']
+    assert [e['summary']['pcl'] for e in new['evaluations']] == [e['summary']['pcl'] for e in old['evaluations']]
+
+
+def test_failing_notebook_does_not_stop_the_others(tiny):
+    tmp, _ = tiny
+    out = tmp/'out'
+    prof = dict(TINY, methods=['nosuch', 'random'], ablation=[], figures=False); (tmp/'bad.json').write_text(json.dumps(prof))
+    r = glrp_cli('reproduce', '--profile', tmp/'bad.json', '--data', tmp/'data', '--out', out, '--device', 'cpu', cwd=tmp)
+    assert r.returncode == 1
+    assert 'main_table/nosuch-M2-fold0' in r.stderr and 'failed' in r.stderr
+    assert 'skip   main_table/random-M2-fold0' in r.stdout  # the others went on (here: were already done)
+    nb = out/'main_table/nosuch-M2-fold0/main_table.ipynb'
+    assert "unknown method 'nosuch'" in nb.read_text()  # the executed notebook keeps the error
+    assert not (out/'main_table/nosuch-M2-fold0/result.json').exists()
+    assert (out/'results.csv').is_file()  # the tables are still assembled from what finished
+
+
+def test_notebook_without_parameters_cell(tmp_path):
+    "A notebook whose parameters tag was stripped is refused before anything runs."
+    nbs = tmp_path/'nbs'; shutil.copytree(notebooks_folder(), nbs)
+    nb = nbformat.read(nbs/'main_table.ipynb', as_version=4)
+    for c in nb.cells: c.metadata.pop('tags', None)
+    nbformat.write(nb, nbs/'main_table.ipynb')
+    with pytest.raises(NotebookError, match="main_table.ipynb: no cell tagged 'parameters'"): check_parameters_cell(nbs/'main_table.ipynb')
+    r = glrp_cli('reproduce', '--notebooks', nbs, '--out', tmp_path/'out', cwd=tmp_path)
+    assert r.returncode == 2 and "no cell tagged 'parameters'" in r.stderr
+    assert not list((tmp_path/'out').glob('*/*/'))  # nothing ran
+
+
+def test_profiles():
+    "The three built-in profiles: smoke needs no data; cpu and paper do; paper is the full protocol."
+    assert PROFILES['smoke']['data'] is None and PROFILES['cpu']['data'] == PROFILES['paper']['data'] == 'required'
+    p = PROFILES['paper']
+    assert (p['f'], p['spacing'], p['size'], len(p['run_folds']), p['Ms']) == (48, 1.25, [352, 352], 5, [2, 6, 10])
+    c = PROFILES['cpu']
+    assert c['run_folds'] == [0] and c['Ms'] == [10] and len(c['methods']) == 6
