@@ -31,6 +31,8 @@ setuptools.setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     zip_safe=False,
+    # the experiment notebooks of `glrp reproduce`, for installs that are not a checkout (found in sys.prefix/share/glrp/repro)
+    data_files=[('share/glrp/repro', [f'nbs/repro/{n}.ipynb' for n in ('main_table', 'ablation', 'figures')])],
     entry_points={'console_scripts': cfg.get('console_scripts', '').split(),
                   'nbdev': [f'{cfg["lib_path"]}={cfg["lib_path"]}._modidx:d']},
 )

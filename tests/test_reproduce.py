@@ -27,6 +27,31 @@ def results(out):
     return {f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text()) for p in Path(out).glob('*/*/result.json')}
 
 
+def check_tables_agree(out, recs):
+    "results.csv matches the result JSONs row for row, and RESULTS.md shows its main-table numbers; the rows."
+    rows = list(csv.DictReader(open(Path(out)/'results.csv')))
+    assert list(rows[0]) == CSV_FIELDS
+    assert len(rows) == sum(len(r['evaluations']) for r in recs.values())
+    for row in rows:
+        rec = recs[f"{row['notebook']}/{row['experiment']}"]
+        ev = [e for e in rec['evaluations'] if e['split'] == row['split'] and e['crf'] == row['crf']]
+        assert len(ev) == 1
+        pcl = ev[0]['summary']['pcl']['all']
+        for c in ('RV', 'MYO', 'LV', 'mean'):
+            assert abs(float(row[f'dice_{c}']) - pcl[c]) < 1e-4
+        assert int(row['volumes']) == ev[0]['summary']['n_volumes']['all']
+    md = (Path(out)/'RESULTS.md').read_text()
+    for row in rows:
+        if row['notebook'] == 'main_table': assert f"**{float(row['dice_mean']):.3f}**" in md
+    return rows
+
+
+def main_table_section(md:str) -> str:
+    "The '## Main table' section of a RESULTS.md: its table lines."
+    sec = md.split('## Main table', 1)[1].split('\n## ', 1)[0]
+    return '\n'.join(l for l in sec.splitlines() if l.startswith('|'))
+
+
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
     "One finished reproduction of the tiny profile on a phantom with training/ (8 patients) and labeled testing/ (2 patients)."
@@ -62,28 +87,14 @@ def test_end_to_end(tiny):
     # the parameters reached the notebooks: the tiny network, not the notebook's default width
     ck = json.loads((out/'main_table/glrp-M2-fold0/finetune/run.json').read_text())
     assert ck['model_args']['f'] == 4 and ck['config']['size'] == [32, 32]
-    # results.csv agrees with the result JSONs, row for row
-    rows = list(csv.DictReader(open(out/'results.csv')))
-    assert list(rows[0]) == CSV_FIELDS
-    n_evals = sum(len(r['evaluations']) for r in recs.values())
-    assert len(rows) == n_evals
-    for row in rows:
-        rec = recs[f"{row['notebook']}/{row['experiment']}"]
-        ev = [e for e in rec['evaluations'] if e['split'] == row['split'] and e['crf'] == row['crf']]
-        assert len(ev) == 1
-        pcl = ev[0]['summary']['pcl']['all']
-        for c in ('RV', 'MYO', 'LV', 'mean'):
-            assert abs(float(row[f'dice_{c}']) - pcl[c]) < 1e-4
-        assert int(row['volumes']) == ev[0]['summary']['n_volumes']['all']
+    rows = check_tables_agree(out, recs)
     # test fold and ACDC-style testing/ split, without and with CRF; the ablation's iteration sweep
     main = recs['main_table/glrp-M2-fold0']
     assert {(e['split'], e['crf']) for e in main['evaluations']} == {('test', 'none'), ('test', 'crf'), ('testing', 'none'), ('testing', 'crf')}
     assert [e['summary']['n_volumes']['all'] for e in main['evaluations'] if e['split'] == 'testing'] == [4, 4]
     assert {e['crf'] for e in recs['ablation/hard']['evaluations']} == {'none', 'crf', 'crf-it0', 'crf-it2'}
-    # RESULTS.md shows the numbers of results.csv, the testing/ table, the ablation, the figures and provenance
+    # RESULTS.md has the testing/ table, the ablation, the figures and provenance
     md = (out/'RESULTS.md').read_text()
-    for row in rows:
-        if row['notebook'] == 'main_table': assert f"**{float(row['dice_mean']):.3f}**" in md
     assert '## ACDC testing/' in md and '## Ablation' in md and 'commit `' in md
     for f in recs['figures/figures']['figures']:
         assert (out/'figures/figures'/f).stat().st_size > 1000
@@ -169,3 +180,15 @@ def test_profiles():
     assert (p['f'], p['spacing'], p['size'], len(p['run_folds']), p['Ms']) == (48, 1.25, [352, 352], 5, [2, 6, 10])
     c = PROFILES['cpu']
     assert c['run_folds'] == [0] and c['Ms'] == [10] and len(c['methods']) == 6
+
+
+def test_committed_cpu_results():
+    "results/cpu (the cpu profile on real ACDC): CSV and report agree with the result JSONs; README shows the same table; numbers only."
+    res = Path(__file__).resolve().parent.parent/'results'/'cpu'
+    recs = results(res)
+    assert {r['method'] for r in recs.values()} == {'random', 'simclr', 'gcl', 'pcl', 'glrp-global', 'glrp'}
+    check_tables_agree(res, recs)
+    readme = (res.parent.parent/'README.md').read_text()
+    assert main_table_section((res/'RESULTS.md').read_text()) in readme
+    files = [p for p in res.rglob('*') if p.is_file()]
+    assert all(p.suffix in ('.json', '.csv', '.md') for p in files), files  # no images, no NIfTI, no figures
