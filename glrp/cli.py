@@ -8,11 +8,11 @@ import argparse, os, sys
 from pathlib import Path
 import glrp
 from .data import ACDC_LABELS, MNMS_LABELS
-from .data import DataError, index_acdc, check_dataset
+from .data import DataError, index_acdc, check_dataset, checked_index
 from .synthetic import write_phantom
 from .partition import make_manifest, write_manifest, manifest_summary
 from .metrics import evaluate_folder, summary_markdown
-from .train import PretrainConfig, FinetuneConfig, PREDICT_ROLES, field_help, pretrain, finetune, predict
+from .train import PretrainConfig, FinetuneConfig, PREDICT_ROLES, field_help, pretrain, finetune, predict, DivergenceError
 
 # %% auto #0
 __all__ = ['LABEL_MAPS', 'cmd_synth', 'cmd_check_data', 'cmd_partition', 'cmd_evaluate', 'cmd_pretrain', 'cmd_finetune',
@@ -35,7 +35,7 @@ def cmd_check_data(args) -> int:
 
 def cmd_partition(args) -> int:
     "Partition a dataset into folds, validation, labeled and unlabeled pools; write the JSON manifest."
-    patients = index_acdc(args.data)
+    patients = checked_index(args.data)  # check-data's checks: a broken dataset is refused here, not hours later
     m = make_manifest(patients, folds=args.folds, seed=args.seed, labeled=args.labeled, label_seed=args.label_seed,
                       val=args.val, stratify=args.stratify, partitions=args.partitions, protocol=args.protocol,
                       pool_includes_test=args.pool_includes_test, root=str(args.data))
@@ -44,14 +44,20 @@ def cmd_partition(args) -> int:
     print(f"manifest: {args.out}")
     return 0
 
+def _distance(v:str):
+    "'fov', 'nan' or a number of mm."
+    return v if v in ('fov', 'nan') else float(v)
+
 def cmd_evaluate(args) -> int:
     "Evaluate NIfTI predictions against ACDC-layout ground truth; write metrics.csv, summary.json, summary.md."
     import warnings
     with warnings.catch_warnings(record=True) as ws:
         warnings.simplefilter('always')
         res = evaluate_folder(args.pred, args.gt, out_dir=args.out, label_map=LABEL_MAPS[args.label_map],
-                              missing=args.missing)
+                              missing=args.missing, empty_distance=_distance(args.empty_distance))
     for w in ws: print(f"warning: {w.message}", file=sys.stderr)
+    if not res['n_volumes'].get('all'):
+        raise DataError(args.pred, f"no predictions matched the ground truth in {args.gt} (patientXXX_frameYY.nii.gz expected)")
     print(summary_markdown(res))
     if args.out: print(f"per-volume metrics and summary: {args.out}")
     return 0
@@ -78,13 +84,16 @@ def cmd_predict(args) -> int:
     return 0
 def cmd_reproduce(args) -> int:
     "Run a reproduction profile's experiment notebooks; assemble results.csv and RESULTS.md; exit 1 naming failed experiments."
-    from glrp.reproduce import reproduce, NotebookError, load_profile
+    from glrp.reproduce import reproduce, NotebookError, Interrupted, load_profile
     out = args.out or Path('runs')/load_profile(args.profile).get('name', 'reproduce')
     try: res = reproduce(args.profile, data=args.data, out=out, jobs=args.jobs, force=args.force, notebooks=args.notebooks,
                          device=args.device, only=args.only)
     except NotebookError as e:
         print(f"glrp reproduce: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"glrp reproduce: {e}", file=sys.stderr)
+        return 128 + e.signum
     print(f"results: {res['results']}\nreport: {res['report']}")
     if res['failed']:
         print(f"glrp reproduce: {len(res['failed'])} experiment(s) failed: {', '.join(res['failed'])} "
@@ -101,6 +110,15 @@ def _opt_type(t):
     f.__name__ = t.__name__
     return f
 
+def _json_object(s:str) -> dict:
+    "A JSON object given on the command line (argparse names the option when this fails)."
+    import json as _json
+    try: v = _json.loads(s)
+    except _json.JSONDecodeError as e: raise argparse.ArgumentTypeError(f"not JSON ({e.msg} at character {e.pos}): {s!r}") from None
+    if not isinstance(v, dict): raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {s!r}")
+    return v
+_json_object.__name__ = 'JSON'
+
 def add_config_args(parser:argparse.ArgumentParser, # the subcommand's parser
                     cls, # a config dataclass
                     positional:tuple=(), # fields taken as positional arguments
@@ -114,7 +132,7 @@ def add_config_args(parser:argparse.ArgumentParser, # the subcommand's parser
         name = fl.name if fl.name in positional else '--' + fl.name.replace('_', '-')
         kw = dict(help=h) if fl.name in positional else dict(default=default, help=h, dest=fl.name)
         if ann == 'bool': parser.add_argument(name, action=argparse.BooleanOptionalAction, **kw); continue
-        if ann == 'dict': parser.add_argument(name, type=_json.loads, metavar='JSON', **kw); continue
+        if ann == 'dict': parser.add_argument(name, type=_json_object, metavar='JSON', **kw); continue
         if ann.startswith('tuple'):
             et = int if default and all(isinstance(v, int) for v in default) else str
             parser.add_argument(name, type=et, nargs='+', metavar=fl.name.upper(), **kw); continue
@@ -168,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--missing', choices=['error', 'empty', 'skip'], default='error',
                    help="a missing prediction is an error, is evaluated as empty, or is left out ('skip': e.g. only the test fold was predicted)")
     s.add_argument('--label-map', choices=sorted(LABEL_MAPS), default='acdc', help='label order of both folders')
+    s.add_argument('--empty-distance', default='fov', help="HD95/ASSD/HD of a missed or hallucinated structure: 'fov' (the volume's diagonal in mm), 'nan' (left out of the means) or a number of mm")
     s.set_defaults(func=cmd_evaluate)
 
     for name, cls, fn, what in (('pretrain', PretrainConfig, cmd_pretrain, "contrastive pretraining on a fold's unlabeled pool"),
@@ -212,11 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
 # %% ../nbs/10_cli.ipynb #647a95f1
 def main(argv:list|None=None, # arguments without the program name; None reads sys.argv
         ) -> int:
-    "Run the `glrp` command line; returns the exit code (2 for bad input data)."
+    "Run the `glrp` command line; returns the exit code (2 for bad input data or settings, 1 for a run that diverged)."
     args = build_parser().parse_args(argv)
     try: return args.func(args)
     except (DataError, ValueError) as e:
         print(f"glrp {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except DivergenceError as e:
+        print(f"glrp {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 if __name__ == '__main__' and '__file__' in globals(): raise SystemExit(main())

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #956a47e7
 from __future__ import annotations
-import os, re, json, gzip, zlib, zipfile, hashlib, secrets
+import os, re, json, gzip, zlib, zipfile, hashlib, secrets, math
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -15,16 +15,16 @@ import numpy as np
 import nibabel as nib
 
 # %% auto #0
-__all__ = ['CLASSES', 'ACDC_LABELS', 'MNMS_LABELS', 'INFO_KEYS', 'PATIENT_RE', 'NORMS', 'CACHE_VERSION', 'SPLITS', 'DOC_SUFFIXES',
-           'DataError', 'LayoutError', 'MissingFileError', 'InfoError', 'CorruptFileError', 'ShapeError', 'LabelError',
-           'IntensityError', 'label_lut', 'find_acdc', 'read_info', 'Frame', 'Patient', 'nifti_header', 'patient_dirs',
-           'read_patient', 'index_acdc', 'patient_files', 'data_hash', 'git_commit', 'provenance', 'load_nifti',
-           'load_image', 'canonical_labels', 'load_label', 'Source', 'as_source', 'check_same_grid', 'load_cine_frame',
-           'load_volume', 'cine_volumes', 'cine_sources', 'axis_weights', 'resize_inplane', 'argmax0', 'one_hot',
-           'resize_labels', 'PrepParams', 'PrepMeta', 'prep_geometry', 'place', 'normalise', 'preprocess', 'restore',
-           'atomic_path', 'save_nifti_like', 'Case', 'file_stamp', 'source_stamp', 'cache_path', 'read_npz',
-           'load_case', 'case_sources', 'preprocess_dataset', 'check_frame', 'check_cine', 'check_patient',
-           'check_dataset']
+__all__ = ['CLASSES', 'ACDC_LABELS', 'MNMS_LABELS', 'INFO_KEYS', 'PATIENT_RE', 'MAX_VOXELS', 'GRID_TOL', 'NORMS', 'CACHE_VERSION',
+           'SPLITS', 'DOC_SUFFIXES', 'DataError', 'LayoutError', 'MissingFileError', 'InfoError', 'CorruptFileError',
+           'ShapeError', 'LabelError', 'IntensityError', 'label_lut', 'find_acdc', 'read_info', 'Frame', 'Patient',
+           'check_header', 'nifti_header', 'patient_dirs', 'read_patient', 'index_acdc', 'patient_files', 'data_hash',
+           'git_commit', 'provenance', 'load_nifti', 'load_image', 'canonical_labels', 'load_label', 'Source',
+           'as_source', 'grid_difference', 'check_same_grid', 'load_cine_frame', 'load_volume', 'cine_volumes',
+           'cine_sources', 'axis_weights', 'resize_inplane', 'argmax0', 'one_hot', 'resize_labels', 'PrepParams',
+           'PrepMeta', 'prep_geometry', 'place', 'normalise', 'preprocess', 'restore', 'atomic_path', 'save_nifti_like',
+           'Case', 'file_stamp', 'source_stamp', 'cache_path', 'read_npz', 'load_case', 'case_sources',
+           'preprocess_dataset', 'check_frame', 'check_cine', 'check_patient', 'check_dataset', 'checked_index']
 
 # %% ../nbs/00_data.ipynb #3d430dc0
 class DataError(Exception):
@@ -38,9 +38,9 @@ class DataError(Exception):
 
 class LayoutError(DataError):      "A folder that is not in ACDC layout: no patients, stray or duplicate folders."
 class MissingFileError(DataError): "A file the layout requires is absent."
-class InfoError(DataError):        "`Info.cfg` is missing a key or holds an unreadable value."
+class InfoError(DataError):        "`Info.cfg` is missing a key, repeats one, or holds an unreadable or impossible value."
 class CorruptFileError(DataError): "A NIfTI file that cannot be read (truncated, not NIfTI)."
-class ShapeError(DataError):       "Arrays that should agree in shape or spacing do not, or are not 3D."
+class ShapeError(DataError):       "Arrays that should agree in shape, spacing or orientation do not, are not 3D, or a header claims an impossible shape or spacing."
 class LabelError(DataError):       "Label values outside the label map."
 class IntensityError(DataError):   "NaN/Inf or constant intensities."
 
@@ -82,25 +82,36 @@ def _typed(typ, v:str):
     if not f.is_integer(): raise ValueError(v)
     return int(f)
 
-def read_info(path, # an ACDC `Info.cfg`
-             ) -> dict:
-    "The typed key/value pairs of an ACDC `Info.cfg`; `InfoError` names every missing key or bad value."
-    path = Path(path)
-    if not path.is_file(): raise MissingFileError(path, "Info.cfg missing")
-    raw = {}
+def _read_cfg(path:Path) -> dict:
+    "The raw `key: value` pairs of a config file; `InfoError` names every key that appears more than once."
+    raw, dup = {}, []
     for line in path.read_text(errors='replace').splitlines():
         if ':' in line:
-            k,v = line.split(':', 1)
-            raw[k.strip()] = v.strip()
+            k,v = (s.strip() for s in line.split(':', 1))
+            if k in raw and k not in dup: dup.append(k)
+            raw[k] = v
+    if dup: raise InfoError(path, f"key{'s'*(len(dup)>1)} {', '.join(map(repr, dup))} appear{'s'*(len(dup)==1)} more than once")
+    return raw
+
+# %% ../nbs/00_data.ipynb #3ed66211
+def read_info(path, # an ACDC `Info.cfg`
+             ) -> dict:
+    "The typed key/value pairs of an ACDC `Info.cfg`; `InfoError` names every missing key, duplicate key or bad value."
+    path = Path(path)
+    if not path.is_file(): raise MissingFileError(path, "Info.cfg missing")
+    raw = _read_cfg(path)
     missing = [k for k in INFO_KEYS if k not in raw]
     if missing: raise InfoError(path, f"key{'s'*(len(missing)>1)} {', '.join(map(repr, missing))} missing")
     info, bad = {}, []
     for k,typ in INFO_KEYS.items():
         try: info[k] = _typed(typ, raw[k])
-        except (ValueError, OverflowError): bad.append(f"key {k!r} has unreadable value {raw[k]!r}")
+        except (ValueError, OverflowError): bad.append(f"key {k!r} has unreadable value {raw[k]!r}"); continue
+        if typ is float and not math.isfinite(info[k]): bad.append(f"key {k!r} has non-finite value {raw[k]!r}")
+        if typ is str and not info[k]: bad.append(f"key {k!r} is empty")
     if bad: raise InfoError(path, '; '.join(bad))
     for k in ('ED', 'ES'):
         if not 1 <= info[k] <= info['NbFrame']: bad.append(f"{k}: {info[k]} is outside frames 1..NbFrame ({info['NbFrame']})")
+    if info['ED'] == info['ES']: bad.append(f"ED and ES are the same frame ({info['ED']})")
     if bad: raise InfoError(path, '; '.join(bad))
     return info
 
@@ -156,12 +167,8 @@ def _nifti_head(path:Path, n:int=540) -> bytes:
             out += d.decompress(chunk, n - len(out))
         return out
 
-def _read_header(path) -> nib.Nifti1Header:
-    "The NIfTI-1 (or -2) header of `path`, reading only its first bytes; `CorruptFileError` if it is not one."
-    path = Path(path)
-    if not path.is_file(): raise MissingFileError(path, "file missing")
-    try: raw = _nifti_head(path)
-    except (OSError, EOFError, zlib.error) as e: raise CorruptFileError(path, f"unreadable NIfTI ({type(e).__name__}: {e})") from None
+def _raw_header(raw:bytes, path) -> nib.Nifti1Header:
+    "The NIfTI-1 (or -2) header at the start of `raw`, as stored (none of nibabel's fixes); `CorruptFileError` if there is none."
     sizes = {int.from_bytes(raw[:4], 'little'), int.from_bytes(raw[:4], 'big')}
     klass = nib.Nifti1Header if 348 in sizes else nib.Nifti2Header if 540 in sizes else None
     if klass is None or len(raw) < (348 if klass is nib.Nifti1Header else 540):
@@ -171,12 +178,38 @@ def _read_header(path) -> nib.Nifti1Header:
     if magic not in (b'n+1', b'n+2'): raise CorruptFileError(path, f"unreadable NIfTI (magic {magic!r}, expected b'n+1')")
     return hdr
 
-def nifti_header(path, # a .nii or .nii.gz file
+def _read_header(path) -> nib.Nifti1Header:
+    "The header of `path` as stored, reading only its first bytes; `MissingFileError`/`CorruptFileError` naming it."
+    path = Path(path)
+    if not path.is_file(): raise MissingFileError(path, "file missing")
+    try: raw = _nifti_head(path)
+    except (OSError, EOFError, zlib.error) as e: raise CorruptFileError(path, f"unreadable NIfTI ({type(e).__name__}: {e})") from None
+    return _raw_header(raw, path)
+
+# %% ../nbs/00_data.ipynb #fd864411
+MAX_VOXELS = 2**28  # the most voxels a header may claim: 1 GiB as float32 (ACDC's largest file, a 4D cine, has about 2e7)
+
+def check_header(hdr:nib.Nifti1Header, # a NIfTI-1/2 header as stored in the file (`_raw_header`), not fixed by nibabel
+                 path, # the file, named in errors
+                 ndim:int|None=None, # the dimensionality the array must have; None: any
                 ) -> tuple:
-    "The (shape, spacing) of a NIfTI file from its header (only the header is read); `CorruptFileError` if it cannot be read."
-    hdr = _read_header(path)
-    shape = tuple(int(s) for s in hdr.get_data_shape())
-    return shape, tuple(round(float(z), 6) for z in hdr.get_zooms()[:len(shape)])  # float32 in the file: 1.6 not 1.6000000238
+    "(shape, zooms) of a header, checked: positive dimensions, at most `MAX_VOXELS` voxels, `ndim`-D, spatial spacing positive and finite."
+    dim = [int(d) for d in hdr['dim']]
+    if not 1 <= dim[0] <= 7: raise CorruptFileError(path, f"unreadable NIfTI (header dim[0] = {dim[0]}, not 1..7 dimensions)")
+    shape = tuple(dim[1:dim[0] + 1])
+    if min(shape) < 1: raise ShapeError(path, f"header shape {shape} has a dimension below 1")
+    if math.prod(shape) > MAX_VOXELS: raise ShapeError(path, f"header claims shape {shape}: {math.prod(shape):,} voxels, more than MAX_VOXELS ({MAX_VOXELS:,}); a damaged header?")
+    if ndim is not None and len(shape) != ndim: raise ShapeError(path, f"expected a {ndim}D array, got shape {shape}")
+    zooms = tuple(round(float(z), 6) for z in hdr['pixdim'][1:len(shape) + 1])  # float32 in the file: 1.6 not 1.6000000238
+    if not all(math.isfinite(z) and z > 0 for z in zooms[:3]):
+        raise ShapeError(path, f"voxel spacing {zooms[:3]} in the header (pixdim) is not positive and finite")
+    return shape, zooms
+
+def nifti_header(path, # a .nii or .nii.gz file
+                 ndim:int|None=None, # the dimensionality the array must have; None: any
+                ) -> tuple:
+    "The (shape, spacing) of a NIfTI file from its header as stored (only the header is read), checked by `check_header`."
+    return check_header(_read_header(path), path, ndim)
 
 # %% ../nbs/00_data.ipynb #071d532b
 def patient_dirs(root, # a dataset root, a split folder or a folder of patientXXX folders
@@ -204,10 +237,10 @@ def read_patient(folder, # a patientXXX folder
         if not lbl.is_file():
             if labels: raise MissingFileError(lbl, f"{phase} label file missing")
             lbl = None
-        shape, spacing = nifti_header(img)
+        shape, spacing = nifti_header(img, 3)
         frames.append(Frame(pid, info[phase], phase, img, lbl, shape, spacing))
     cine = folder/f"{pid}_4d.nii.gz"
-    cine_shape = nifti_header(cine)[0] if cine.is_file() else None
+    cine_shape = nifti_header(cine, 4)[0] if cine.is_file() else None
     return Patient(pid, folder.parent.name, folder, info['Group'], info['Height'], info['Weight'], info['NbFrame'],
                    info['ED'], info['ES'], frames, cine if cine.is_file() else None, cine_shape)
 
@@ -263,19 +296,32 @@ def provenance() -> dict:
                 **{lib: v(lib) for lib in ('numpy', 'nibabel', 'scipy', 'torch')})
 
 # %% ../nbs/00_data.ipynb #6dad523b
-def _load_whole(path) -> nib.Nifti1Image:
-    """The nibabel image of `path` with its bytes in memory; a `.nii.gz` is decompressed in one go, which checks
-    its CRC and length, so a truncated or damaged file is a `CorruptFileError` even where nibabel would not notice."""
+def _check_data_size(hdr:nib.Nifti1Header, shape:tuple, n_bytes:int, path):
+    "`CorruptFileError` unless `n_bytes` (the file's size, decompressed) hold the voxels that `hdr` claims."
+    try: offset, dtype = max(int(hdr.get_data_offset()), hdr.single_vox_offset), hdr.get_data_dtype()  # nibabel reads a too-small offset as the minimum
+    except Exception as e: raise CorruptFileError(path, f"unreadable NIfTI header ({type(e).__name__}: {e})") from None
+    need = offset + math.prod(shape)*dtype.itemsize
+    if need > n_bytes: raise CorruptFileError(path, f"header claims {shape} voxels of {dtype} ({need:,} bytes with the header), the file holds {n_bytes:,}")
+
+def _load_whole(path, ndim:int|None=None) -> tuple:
+    """(nibabel image with its bytes in memory, shape, zooms) of `path`; its header as stored passes `check_header`
+    and `_check_data_size` before any voxel is decoded. A `.nii.gz` is decompressed in one go, which checks its CRC
+    and length, so a truncated or damaged file is a `CorruptFileError` even where nibabel would not notice."""
     path = Path(path)
     if not path.is_file(): raise MissingFileError(path, "file missing")
-    if not path.name.endswith('.gz'): return _open_nifti(path)
+    if not path.name.endswith('.gz'):
+        hdr = _read_header(path); shape, zooms = check_header(hdr, path, ndim)
+        _check_data_size(hdr, shape, path.stat().st_size, path)
+        return _open_nifti(path), shape, zooms
     raw = path.read_bytes()
     if raw[:2] != b'\x1f\x8b': raise CorruptFileError(path, "not gzip-compressed, although named .gz")
     try: raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e: raise CorruptFileError(path, f"truncated or damaged gzip ({type(e).__name__}: {e})") from None
+    hdr = _raw_header(raw, path); shape, zooms = check_header(hdr, path, ndim)
+    _check_data_size(hdr, shape, len(raw), path)
     errs = []
     for klass in (nib.Nifti1Image, nib.Nifti2Image):
-        try: return klass.from_bytes(raw)
+        try: return klass.from_bytes(raw), shape, zooms
         except Exception as e: errs.append(e)
     raise CorruptFileError(path, f"unreadable NIfTI ({type(errs[0]).__name__}: {errs[0]})")
 
@@ -283,12 +329,6 @@ def _decode(img:nib.Nifti1Image, path, index=None) -> np.ndarray:
     "The voxels of `img` (or of `img.dataobj[index]`), scaled; `CorruptFileError` when decoding fails."
     try: return np.asanyarray(img.dataobj if index is None else img.dataobj[index])
     except Exception as e: raise CorruptFileError(path, f"cannot decode voxel data ({type(e).__name__}: {e})") from None
-
-def _spacing(img:nib.Nifti1Image, path) -> tuple:
-    "Voxel spacing (x, y, z) in mm from the header; `ShapeError` unless all three are positive."
-    sp = tuple(round(float(z), 6) for z in img.header.get_zooms()[:3])
-    if not all(np.isfinite(z) and z > 0 for z in sp): raise ShapeError(path, f"voxel spacing {sp} is not positive")
-    return sp
 
 def _check_finite(a:np.ndarray, path, what='volume'):
     "`IntensityError` if `a` holds NaN or Inf."
@@ -299,15 +339,13 @@ def _check_finite(a:np.ndarray, path, what='volume'):
 def load_nifti(path, # a .nii or .nii.gz file
                ndim:int=3, # the dimensionality the array must have (4 for a cine)
               ) -> tuple:
-    "(float32 array, spacing (x, y, z) in mm from the header, nibabel image) of a NIfTI file, checked to be `ndim`-D and finite."
-    path = Path(path); img = _load_whole(path)
-    if len(img.shape) != ndim: raise ShapeError(path, f"expected a {ndim}D array, got shape {tuple(img.shape)}")
-    sp = _spacing(img, path)
+    "(float32 array, spacing (x, y, z) in mm from the header as stored, nibabel image) of a NIfTI file, its header checked, `ndim`-D and finite."
+    path = Path(path); img, shape, zooms = _load_whole(path, ndim)
     a = _decode(img, path)
     _check_finite(a, path)
     a = a.astype(np.float32, copy=False)
     _check_finite(a, path)  # float64 values beyond float32's range became Inf
-    return a, sp, img
+    return a, zooms[:3], img
 
 # %% ../nbs/00_data.ipynb #5e9a3383
 def _check_not_constant(a:np.ndarray, path, what='volume'):
@@ -372,28 +410,42 @@ def as_source(x, # a `Source`, a `Frame`, an image path, or a (cine path, t) pai
     raise TypeError(f"cannot make a Source from {x!r}")
 
 # %% ../nbs/00_data.ipynb #922bc4af
+GRID_TOL = 1e-3  # as `glrp.metrics.grid_mismatch`: relative for spacing, absolute for axis directions (unit vectors) and origin (mm)
+
+def grid_difference(shape_a:tuple, spacing_a:tuple, # grid a
+                    shape_b:tuple, spacing_b:tuple, # grid b
+                    affine_a=None, affine_b=None, # their affines: axis directions and origin are compared when both are given
+                   ) -> str|None:
+    "What differs between grids a and b ('shape (...) differs from shape (...)'), or None when they agree within `GRID_TOL`."
+    if tuple(shape_a) != tuple(shape_b): return f"shape {tuple(shape_a)} differs from shape {tuple(shape_b)}"
+    if not np.allclose(spacing_a, spacing_b, rtol=GRID_TOL, atol=0): return f"spacing {tuple(spacing_a)} differs from spacing {tuple(spacing_b)}"
+    if affine_a is None or affine_b is None: return None
+    a, b = np.asarray(affine_a, float), np.asarray(affine_b, float)
+    with np.errstate(invalid='ignore', divide='ignore'):  # a degenerate affine: NaN directions, reported as different
+        da, db = a[:3, :3]/np.linalg.norm(a[:3, :3], axis=0), b[:3, :3]/np.linalg.norm(b[:3, :3], axis=0)
+    if not np.allclose(da, db, atol=GRID_TOL): return f"axis directions {np.round(da, 3).tolist()} differ from axis directions {np.round(db, 3).tolist()}"
+    if not np.allclose(a[:3, 3], b[:3, 3], atol=GRID_TOL): return f"origin {np.round(a[:3, 3], 3).tolist()} mm differs from origin {np.round(b[:3, 3], 3).tolist()} mm"
+    return None
+
 def check_same_grid(image_path, image_shape:tuple, image_spacing:tuple, # the image file, its shape and spacing
                     label_path, label_shape:tuple, label_spacing:tuple, # the label file, its shape and spacing
+                    image_affine=None, label_affine=None, # their affines (nibabel's `img.affine`); compared when both are given
                    ):
-    "`ShapeError` naming both files unless the label has the image's shape and spacing."
-    if tuple(label_shape) != tuple(image_shape):
-        raise ShapeError(label_path, f"label shape {tuple(label_shape)} differs from shape {tuple(image_shape)} of image {image_path}")
-    if not np.allclose(label_spacing, image_spacing, rtol=1e-3, atol=1e-5):
-        raise ShapeError(label_path, f"label spacing {tuple(label_spacing)} differs from spacing {tuple(image_spacing)} of image {image_path}")
+    "`ShapeError` naming both files unless the label lies on the image's grid: shape, spacing, axis directions, origin (`grid_difference`)."
+    d = grid_difference(label_shape, label_spacing, image_shape, image_spacing, label_affine, image_affine)
+    if d: raise ShapeError(label_path, f"label {d} of image {image_path}")
 
 def load_cine_frame(path, # a 4D cine .nii.gz
                     t:int, # 1-based frame number
                    ) -> tuple:
     "(float32 (X, Y, Z), spacing) of frame `t` of a 4D cine."
-    path = Path(path); img = _load_whole(path)
-    if len(img.shape) != 4: raise ShapeError(path, f"expected a 4D cine, got shape {tuple(img.shape)}")
-    _check_frame_number(path, t, img.shape[3])
-    sp = _spacing(img, path)
+    path = Path(path); img, shape, zooms = _load_whole(path, 4)
+    _check_frame_number(path, t, shape[3])
     a = _decode(img, path, (..., t - 1))
     _check_finite(a, path, f"frame {t}")
     a = a.astype(np.float32, copy=False)
     _check_not_constant(a, path, f"frame {t}")
-    return a, sp
+    return a, zooms[:3]
 
 def _check_frame_number(path, t:int, T:int):
     if not 1 <= t <= T: raise ShapeError(path, f"frame {t} outside the cine's frames 1..{T}")
@@ -407,13 +459,14 @@ def _cine_frame(a:np.ndarray, path, t:int) -> np.ndarray:
 def load_volume(src, # a `Source`, `Frame`, image path or (cine path, t)
                 label_map:dict=ACDC_LABELS, # file label value -> structure
                ) -> tuple:
-    "(float32 image (X, Y, Z), uint8 canonical label (X, Y, Z) or None, spacing) of one volume, checked."
+    "(float32 image (X, Y, Z), uint8 canonical label (X, Y, Z) or None, spacing) of one volume, checked; a label must lie on its image's grid."
     src = as_source(src)
-    if src.t is None: image, sp, _ = load_image(src.image)
-    else: image, sp = load_cine_frame(src.image, src.t)
+    if src.t is None: image, sp, img = load_image(src.image)
+    else: (image, sp), img = load_cine_frame(src.image, src.t), None
     if src.label is None: return image, None, sp
-    label, lsp, _ = load_label(src.label, label_map)
-    check_same_grid(src.image, image.shape, sp, src.label, label.shape, lsp)
+    label, lsp, limg = load_label(src.label, label_map)
+    affine = img.affine if img is not None else _open_nifti(src.image).affine
+    check_same_grid(src.image, image.shape, sp, src.label, label.shape, lsp, affine, limg.affine)
     return image, label, sp
 
 # %% ../nbs/00_data.ipynb #2bdabb5f
@@ -854,7 +907,8 @@ def check_frame(image:Path, # the frame's image file
     else: im = _collect(problems, load_image, image)
     if label is not None and not label.is_file(): problems.append(MissingFileError(label, f"{what} label file missing"))
     elif label is not None: lb = _collect(problems, load_label, label, label_map)
-    if im is not None and lb is not None: _collect(problems, check_same_grid, image, im[0].shape, im[1], label, lb[0].shape, lb[1])
+    if im is not None and lb is not None:
+        _collect(problems, check_same_grid, image, im[0].shape, im[1], label, lb[0].shape, lb[1], im[2].affine, lb[2].affine)
     return problems
 
 def check_cine(path:Path, # a patient's 4D cine
@@ -866,8 +920,7 @@ def check_cine(path:Path, # a patient's 4D cine
     r = _collect(problems, load_nifti, path, 4)
     if r is None: return problems
     a, sp, _ = r
-    if grid is not None and (a.shape[:3] != tuple(grid[0]) or not np.allclose(sp, grid[1], rtol=1e-3, atol=1e-5)):
-        problems.append(ShapeError(path, f"cine grid {a.shape[:3]} @ {sp} differs from the frames' {tuple(grid[0])} @ {tuple(grid[1])}"))
+    if grid is not None and (d := grid_difference(a.shape[:3], sp, *grid)): problems.append(ShapeError(path, f"cine {d} of the patient's frames"))
     if nb_frames is not None and a.shape[3] != nb_frames:
         problems.append(ShapeError(path, f"cine has {a.shape[3]} frames, Info.cfg says NbFrame: {nb_frames}"))
     flat = a.reshape(-1, a.shape[3])
@@ -888,7 +941,7 @@ def check_patient(folder, # a patientXXX folder
         if e.is_dir(): problems.append(LayoutError(e, "stray folder inside a patient folder"))
         elif not (e.name == 'Info.cfg' or own.match(e.name) or _is_doc(e)): problems.append(LayoutError(e, f"stray file: not a file of {pid}"))
     info = _collect(problems, read_info, folder/'Info.cfg')
-    if info is not None: frames = {info['ED']: 'ED', info['ES']: 'ES' if info['ES'] != info['ED'] else 'ED/ES'}
+    if info is not None: frames = {info['ED']: 'ED', info['ES']: 'ES'}  # `read_info` refuses ED == ES
     else:  # without a usable Info.cfg, check whatever frames are there
         frames = {int(m.group(1)): 'frame' for e in ents if (m := re.match(rf'^{pid}_frame(\d\d)\.nii\.gz$', e.name))}
     grid = None
@@ -931,3 +984,14 @@ def check_dataset(root, # a dataset root, a split folder or a folder of patientX
     if not seen and not any(p.msg == "empty folder" for p in problems):
         problems.append(LayoutError(root, "no patientXXX folders found (expected ACDC layout: training/patient001/...)"))
     return problems
+
+# %% ../nbs/00_data.ipynb #c5fc7fb2
+def checked_index(root, # a dataset root, a split folder or a folder of patientXXX folders
+                  label_map:dict=ACDC_LABELS, # file label value -> structure
+                  labels:bool=True, # require ED/ES label files
+                 ) -> list:
+    "`index_acdc(root, labels)` when `check_dataset` finds no problem; else its first problem, raised, counting the others."
+    problems = check_dataset(root, label_map, labels)
+    if not problems: return index_acdc(root, labels)
+    p, more = problems[0], len(problems) - 1
+    raise type(p)(p.path, p.msg + (f" (and {more} more problem(s): check-data lists them all)" if more else ""))

@@ -18,15 +18,18 @@ def contrastive_loss(feats:Tensor, # [N, V, d] embeddings: N slices x V views (V
                      W:Tensor, # [N, N] non-negative positive weights between slices; W[i,i] weights slice i's other view
                      T:float=0.1, # temperature
                      anchors:Tensor|None=None, # indices of the slices whose views are anchors (default: all); the DDP hook
+                     base_temperature:float|None=None, # SupCon's base temperature: the loss is scaled by T / base_temperature; None: T (scale 1)
                     ) -> Tensor:
     "Weighted InfoNCE (SupCon form) over all V*N views, mean over the anchors that have a positive."
     if feats.ndim != 3: raise ValueError(f"feats must be [N, V, d], got shape {tuple(feats.shape)}")
     N, V, d = feats.shape
     if tuple(W.shape) != (N, N): raise ValueError(f"W must be [N, N] = [{N}, {N}], got {tuple(W.shape)}")
     if (W < 0).any(): raise ValueError("W holds negative weights")
-    dev = feats.device
+    if not T > 0 or (base_temperature is not None and not base_temperature > 0):
+        raise ValueError(f"temperatures must be > 0, got T={T}, base_temperature={base_temperature}")
+    dev, dt = feats.device, (torch.float64 if feats.dtype == torch.float64 else torch.float32)
     with torch.autocast(device_type=dev.type, enabled=False):
-        z = F.normalize(feats.float(), dim=-1).transpose(0, 1).reshape(V*N, d)  # row v*N + i: view v of slice i
+        z = F.normalize(feats.to(dt), dim=-1).transpose(0, 1).reshape(V*N, d)  # row v*N + i: view v of slice i
         idx = torch.arange(N, device=dev) if anchors is None else torch.as_tensor(anchors, device=dev).long()
         rows = (torch.arange(V, device=dev)[:, None]*N + idx[None]).reshape(-1)  # anchor rows
         s = z[rows] @ z.T / T  # [A, V*N]
@@ -34,11 +37,13 @@ def contrastive_loss(feats:Tensor, # [N, V, d] embeddings: N slices x V views (V
         self_[torch.arange(len(rows), device=dev), rows] = True
         s = s.masked_fill(self_, float('-inf'))
         logp = (s - torch.logsumexp(s, dim=1, keepdim=True)).masked_fill(self_, 0.)
-        w = W.float().to(dev).repeat(V, V)[rows].masked_fill(self_, 0.)
+        w = W.to(dev, dt).repeat(V, V)[rows].masked_fill(self_, 0.)
         wsum = w.sum(1)
         La = -(w*logp).sum(1) / wsum.clamp_min(1e-12)
         ok = wsum > 0
-        return La[ok].mean() if ok.any() else z.sum() * 0.  # no anchor with a positive: 0, graph kept
+        scale = 1. if base_temperature is None else T / base_temperature
+        return scale * La[ok].mean() if ok.any() else z.sum() * 0.  # no anchor with a positive: 0, graph kept
+
 
 # %% ../nbs/05_losses.ipynb #38092891
 def _volume_rule(W:Tensor, vol:Tensor|None, same_volume:bool) -> Tensor:
@@ -50,7 +55,8 @@ def _volume_rule(W:Tensor, vol:Tensor|None, same_volume:bool) -> Tensor:
     return W.fill_diagonal_(1.)
 
 def _dp(p:Tensor) -> Tensor:
-    p = torch.as_tensor(p, dtype=torch.float32)
+    "|p_i - p_j| in float64: a pair lying exactly on a threshold must not flip with rounding."
+    p = torch.as_tensor(p).to(torch.float64)
     if p.ndim != 1: raise ValueError(f"positions must be a 1-D tensor, got shape {tuple(p.shape)}")
     return (p[:, None] - p[None]).abs()
 

@@ -12,12 +12,14 @@ from .data import (CLASSES, ACDC_LABELS, index_acdc, load_label, atomic_path, PA
                        LayoutError, MissingFileError, ShapeError, LabelError)
 
 # %% auto #0
-__all__ = ['METRICS', 'CONVENTIONS', 'PRED_RE', 'CSV_COLUMNS', 'check_labels', 'class_counts', 'dice_from_counts', 'bounding_box',
-           'surface', 'surface_distances', 'binary_metrics', 'volume_metrics', 'acdc_summary', 'pcl_summary',
-           'summarize', 'grid_mismatch', 'find_predictions', 'records_csv', 'summary_markdown', 'evaluate_folder']
+__all__ = ['METRICS', 'EMPTY_CASES', 'CONVENTIONS', 'PRED_RE', 'CSV_COLUMNS', 'check_labels', 'class_counts', 'dice_from_counts',
+           'bounding_box', 'surface', 'surface_distances', 'fov_diagonal', 'empty_penalty', 'binary_metrics',
+           'volume_metrics', 'empty_counts', 'acdc_summary', 'pcl_summary', 'summarize', 'grid_mismatch',
+           'find_predictions', 'records_csv', 'summary_markdown', 'evaluate_folder']
 
 # %% ../nbs/08_metrics.ipynb #cd25c3e4
-METRICS = ('dice', 'hd95', 'assd', 'hd')  # per-structure metrics, in the order of the tables
+METRICS = ('dice', 'hd95', 'assd', 'assd_pooled', 'hd')  # per-structure metrics, in the order of the tables
+EMPTY_CASES = ('missed', 'hallucinated')  # a record's `empty` when only the ground truth / only the prediction has the structure
 
 # %% ../nbs/08_metrics.ipynb #3d567848
 def check_labels(labels:np.ndarray, # an integer label array, canonical values
@@ -89,21 +91,49 @@ def surface_distances(a:np.ndarray, # boolean mask, non-empty
     db = ndi.distance_transform_edt(~sb, sampling=spacing)
     return db[sa], da[sb]
 
+# %% ../nbs/08_metrics.ipynb #1c4d8c40
+def fov_diagonal(shape, # the whole volume's shape in voxels
+                 spacing, # voxel size in mm along each axis
+                ) -> float:
+    "The diagonal of the field of view in mm, sqrt(Σ (shape_i · spacing_i)²): more than any distance between two of its voxels."
+    if len(spacing) != len(shape): raise ValueError(f"spacing {tuple(spacing)} has {len(spacing)} values for a {len(shape)}D shape")
+    return math.hypot(*(n*float(s) for n, s in zip(shape, spacing)))
+
+def _empty_option(empty_distance):
+    "'fov', 'nan' or a distance >= 0 in mm as a float (a NaN float is 'nan'); ValueError for anything else."
+    if empty_distance in ('fov', 'nan'): return empty_distance
+    try: d = None if isinstance(empty_distance, (str, bool)) else float(empty_distance)
+    except (TypeError, ValueError): d = None
+    if d is None or d < 0: raise ValueError(f"empty_distance must be 'fov', 'nan' or a distance >= 0 in mm, not {empty_distance!r}")
+    return 'nan' if math.isnan(d) else d
+
+def empty_penalty(empty_distance, # 'fov': the field-of-view diagonal; 'nan': NaN (no penalty); a number: that many mm
+                  shape, # the whole volume's shape in voxels (before any crop)
+                  spacing, # voxel size in mm along each axis
+                 ) -> float:
+    "HD95, ASSD and HD of a structure present on one side only, for a volume of this shape and spacing."
+    opt = _empty_option(empty_distance)
+    return fov_diagonal(shape, spacing) if opt == 'fov' else np.nan if opt == 'nan' else opt
+
 # %% ../nbs/08_metrics.ipynb #c8e4679f
 def binary_metrics(pred:np.ndarray, # predicted mask of one structure
                    gt:np.ndarray, # ground-truth mask, same shape
                    spacing, # voxel size in mm along each axis
-                   empty_distance:float=np.nan, # HD95/ASSD/HD when exactly one mask is empty
+                   empty_distance:str|float='fov', # exactly one mask empty: 'fov' (diagonal of the masks' grid), 'nan', or mm
                   ) -> dict:
-    "Dice, HD95, ASSD, HD (mm) and the counts tp, n_pred, n_gt of one structure."
+    "Dice, HD95, ASSD (both forms), HD (mm), the counts tp, n_pred, n_gt, and `empty` ('missed', 'hallucinated' or '')."
     pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    penalty = empty_penalty(empty_distance, gt.shape, spacing)
     tp, n_pred, n_gt = int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
-    r = dict(dice=dice_from_counts(tp, n_pred, n_gt), hd95=np.nan, assd=np.nan, hd=np.nan, tp=tp, n_pred=n_pred, n_gt=n_gt)
+    r = dict(dice=dice_from_counts(tp, n_pred, n_gt), hd95=np.nan, assd=np.nan, assd_pooled=np.nan, hd=np.nan,
+             tp=tp, n_pred=n_pred, n_gt=n_gt, empty='')
     if n_pred and n_gt:
         dpg, dgp = surface_distances(pred, gt, spacing)
         both = np.concatenate([dpg, dgp])
-        r.update(hd95=float(np.percentile(both, 95)), assd=float((dpg.mean() + dgp.mean())/2), hd=float(both.max()))
-    elif n_pred or n_gt: r.update(hd95=float(empty_distance), assd=float(empty_distance), hd=float(empty_distance))
+        r.update(hd95=float(np.percentile(both, 95)), assd=float((dpg.mean() + dgp.mean())/2), assd_pooled=float(both.mean()),
+                 hd=float(both.max()))
+    elif n_pred or n_gt:
+        r.update(hd95=penalty, assd=penalty, assd_pooled=penalty, hd=penalty, empty='missed' if n_gt else 'hallucinated')
     return r
 
 # %% ../nbs/08_metrics.ipynb #78bb27d9
@@ -111,19 +141,20 @@ def volume_metrics(pred:np.ndarray, # predicted labels, canonical values 0..len(
                    gt:np.ndarray, # ground-truth labels, same shape
                    spacing, # voxel size in mm along each axis (x, y, z)
                    classes=CLASSES, # structure names; value i+1 is classes[i]
-                   empty_distance:float=np.nan, # HD95/ASSD/HD when exactly one side is empty
+                   empty_distance:str|float='fov', # exactly one side empty: 'fov' (diagonal of the whole volume), 'nan', or mm
                    name:str='<array>', # volume name, kept in the records and used in error messages
                    **meta, # more fields for every record (patient, frame, phase, group, ...)
                   ) -> list:
-    "One record per structure: `volume`, `class`, dice, hd95, assd, hd, tp, n_pred, n_gt and `meta`."
+    "One record per structure: `volume`, `class`, dice, hd95, assd, assd_pooled, hd, tp, n_pred, n_gt, empty and `meta`."
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape: raise ShapeError(name, f"prediction shape {pred.shape} != ground truth shape {gt.shape}")
     if len(spacing) != gt.ndim: raise ShapeError(name, f"spacing {tuple(spacing)} does not fit a {gt.ndim}D volume")
     check_labels(pred, len(classes), name); check_labels(gt, len(classes), name)
     sp = tuple(float(s) for s in spacing)
+    penalty = empty_penalty(empty_distance, gt.shape, sp)  # on the whole volume, before the crop
     box = bounding_box((pred > 0) | (gt > 0), margin=1)  # all structures, +1 voxel: nothing outside changes a metric
     if box is not None: pred, gt = pred[box], gt[box]
-    return [dict(volume=name, **meta, **{'class': c}, **binary_metrics(pred == i+1, gt == i+1, sp, empty_distance))
+    return [dict(volume=name, **meta, **{'class': c}, **binary_metrics(pred == i+1, gt == i+1, sp, penalty))
             for i, c in enumerate(classes)]
 
 # %% ../nbs/08_metrics.ipynb #eee3e32e
@@ -137,20 +168,31 @@ def _phases(records) -> dict:
     ph = sorted({r['phase'] for r in records if r.get('phase')}, key=lambda p: ({'ED': 0, 'ES': 1}.get(p, 2), p))
     return {**{p: [r for r in records if r.get('phase') == p] for p in ph}, 'all': list(records)}
 
+def empty_counts(records:list, # per-structure records from `volume_metrics`
+                 classes=CLASSES, # structure names
+                ) -> dict:
+    "Per phase (ED, ES, all) and class (+ 'total'): how many records are 'missed' and 'hallucinated'."
+    out = {}
+    for ph, rs in _phases(records).items():
+        out[ph] = {c: {e: sum(r['class'] == c and r.get('empty') == e for r in rs) for e in EMPTY_CASES} for c in classes}
+        out[ph]['total'] = {e: sum(out[ph][c][e] for c in classes) for e in EMPTY_CASES}
+    return out
+
+# %% ../nbs/08_metrics.ipynb #941c3f31
 def acdc_summary(records:list, # per-structure records from `volume_metrics`
                  classes=CLASSES, # structure names
                  metrics=METRICS, # which metrics to summarize
                 ) -> dict:
-    "Per phase (ED, ES, all) and class (+ 'mean' over classes): {metric: {mean, std, n}} over volumes."
-    out = {}
+    "Per phase (ED, ES, all) and class (+ 'mean' over classes): {metric: {mean, std, n, missed, hallucinated}} over volumes."
+    out, cnt = {}, empty_counts(records, classes)
     for ph, rs in _phases(records).items():
-        out[ph] = {c: {m: _nan_stats([r[m] for r in rs if r['class'] == c]) for m in metrics} for c in classes}
+        out[ph] = {c: {m: {**_nan_stats([r[m] for r in rs if r['class'] == c]), **cnt[ph][c]} for m in metrics} for c in classes}
         vols = {}
         for r in rs: vols.setdefault(r['volume'], []).append(r)
         def vol_mean(vr, m):
             x = np.array([r[m] for r in vr], float)
             return np.nanmean(x) if np.isfinite(x).any() else np.nan
-        out[ph]['mean'] = {m: _nan_stats([vol_mean(vr, m) for vr in vols.values()]) for m in metrics}
+        out[ph]['mean'] = {m: {**_nan_stats([vol_mean(vr, m) for vr in vols.values()]), **cnt[ph]['total']} for m in metrics}
     return out
 
 def pcl_summary(records:list, # per-structure records (anything with class, tp, n_pred, n_gt)
@@ -165,21 +207,40 @@ def pcl_summary(records:list, # per-structure records (anything with class, tp, 
         out[ph] = {**d, 'mean': float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan}
     return out
 
+# %% ../nbs/08_metrics.ipynb #76223075
 def summarize(records:list, # per-structure records from `volume_metrics`
               classes=CLASSES, # structure names
+              empty_distance:str|float='fov', # the option the records were computed with, recorded in the result
              ) -> dict:
-    "The result record: number of volumes, ACDC-style and PCL-style aggregations, and the conventions used."
+    "The result record: volumes, ACDC-style and PCL-style aggregations, missed/hallucinated counts and the conventions used."
+    opt = _empty_option(empty_distance)
+    bad = [r for r in records if r.get('empty') and math.isnan(r['hd95']) != (opt == 'nan')]
+    if bad: raise ValueError(f"{bad[0]['volume']} {bad[0]['class']}: records not computed with empty_distance={opt!r}")
     return dict(n_volumes={ph: len({r['volume'] for r in rs}) for ph, rs in _phases(records).items()},
                 classes=list(classes), acdc=acdc_summary(records, classes), pcl=pcl_summary(records, classes),
-                conventions=CONVENTIONS)
+                empty=empty_counts(records, classes), empty_distance=opt, conventions={**CONVENTIONS, 'distances': _distances(opt)})
 
 # %% ../nbs/08_metrics.ipynb #21d0ab73
+def _penalty_words(opt) -> str:
+    "What a one-sided structure's distances are under `empty_distance=opt`."
+    words = dict(fov="the diagonal of the volume's field of view, sqrt(Σ (shape_i·spacing_i)²) of the whole volume",
+                 nan="NaN, left out of the means")
+    return (words[opt] if opt in words else f"{opt:g} mm") + f" (empty_distance={opt!r})"
+
+def _distances(opt) -> str:
+    "The `distances` convention under `empty_distance=opt`."
+    return ("mm, 3D surfaces (6-neighbourhood), header voxel spacing; NaN when both sides are empty; a structure on one side only "
+            f"(record field empty='missed'/'hallucinated', counted in the summaries) gets {_penalty_words(opt)} for HD95, ASSD and HD")
+
 CONVENTIONS = dict(
     dice="2TP/(|P|+|G|); NaN when prediction and ground truth are both empty (skipped by means), 0 when one is",
-    distances="mm, 3D surfaces (6-neighbourhood), header voxel spacing; NaN when either side is empty unless empty_distance is given",
-    hd95="95th percentile of both directed surface-distance sets pooled (medpy hd95)",
-    assd="mean of the two directed mean surface distances (medpy assd)",
-    acdc="per volume on the given grid, mean and std (ddof=0) over volumes of finite values; 'mean' row averages classes per volume first",
+    distances=_distances('fov'),  # summarize writes the one of its records' empty_distance
+    hd95="95th percentile (linear interpolation) of both directed surface-distance sets pooled (medpy hd95)",
+    assd="mean of the two directed mean surface distances, (mean d(P→G) + mean d(G→P))/2 (medpy 0.4.0 assd)",
+    assd_pooled="mean of both directed surface-distance sets pooled, mean(d(P→G) ∪ d(G→P)) (medpy 0.5.2 assd)",
+    hd="maximum of both directed surface-distance sets (medpy hd; the ACDC challenge's Hausdorff distance)",
+    acdc="per volume on the given grid, mean and std (ddof=0) over volumes of finite values, with the number of missed and "
+         "hallucinated structures; 'mean' row averages classes per volume first and counts missed/hallucinated over all classes",
     pcl="Dice per class from TP and |P|+|G| summed over all slices; 'mean' is the mean over classes")
 
 # %% ../nbs/08_metrics.ipynb #edc96e86
@@ -218,7 +279,8 @@ def _atomic_write(path, text:str):
     "Write `text` to `path` atomically (`glrp.data.atomic_path`: a temporary file beside it, then `os.replace`)."
     with atomic_path(path) as tmp: Path(tmp).write_text(text)
 
-CSV_COLUMNS = ('patient', 'frame', 'phase', 'group', 'class', 'dice', 'hd95', 'assd', 'hd', 'tp', 'n_pred', 'n_gt', 'missing')
+CSV_COLUMNS = ('patient', 'frame', 'phase', 'group', 'class', 'dice', 'hd95', 'assd', 'assd_pooled', 'hd', 'tp', 'n_pred', 'n_gt',
+               'missing', 'empty')
 
 def records_csv(records:list) -> str:
     "The per-volume records as CSV text (columns `CSV_COLUMNS`, NaN written as 'nan')."
@@ -234,25 +296,30 @@ def _jsonable(o):
     if isinstance(o, float) and not math.isfinite(o): return None
     return o
 
+# %% ../nbs/08_metrics.ipynb #589ddcad
 def summary_markdown(summary:dict, # a result record from `summarize` / `evaluate_folder`
                     ) -> str:
-    "The result as a Markdown table: one row per phase and class, mean ± std per metric, and the pooled (PCL) Dice."
-    def ms(s, d=3):
-        if s['n'] == 0: return '–'
-        return f"{s['mean']:.{d}f} ± {s['std']:.{d}f}"
-    lines = ["| phase | class | volumes | Dice | HD95 (mm) | ASSD (mm) | HD (mm) | pooled Dice (PCL) |", "|---|---|---|---|---|---|---|---|"]
+    "The result as a Markdown table: per phase and class, mean ± std per metric, the pooled (PCL) Dice, missed / hallucinated counts."
+    def ms(s, d=3): return '–' if s['n'] == 0 else f"{s['mean']:.{d}f} ± {s['std']:.{d}f}"
+    heads = dict(hd95='HD95 (mm)', assd='ASSD (mm)', assd_pooled='ASSD pooled (mm)', hd='HD (mm)')
+    lines = ["| phase | class | volumes | Dice | " + ' | '.join(heads.values()) + " | pooled Dice (PCL) | missed / halluc. |",
+             "|---" * (6 + len(heads)) + "|"]
     for ph, rows in summary['acdc'].items():
         for c, s in rows.items():
-            n = s['dice']['n']
-            dist = [ms(s[m], 2) + (f" (n={s[m]['n']})" if s[m]['n'] != n else '') for m in ('hd95', 'assd', 'hd')]
-            pooled = summary['pcl'][ph][c]
-            lines.append(f"| {ph} | {c} | {n} | {ms(s['dice'])} | {' | '.join(dist)} | {'–' if math.isnan(pooled) else f'{pooled:.3f}'} |")
-    notes = []
+            n, pooled = s['dice']['n'], summary['pcl'][ph][c]
+            dist = [ms(s[m], 2) + (f" (n={s[m]['n']})" if s[m]['n'] != n else '') for m in heads]
+            lines.append(f"| {ph} | {c} | {n} | {ms(s['dice'])} | {' | '.join(dist)} | {'–' if math.isnan(pooled) else f'{pooled:.3f}'} | "
+                         f"{s['dice']['missed']} / {s['dice']['hallucinated']} |")
+    notes = ["ASSD: mean of the two directed mean surface distances; ASSD pooled: mean of both directions' distances together."]
+    if 'empty_distance' in summary:
+        e = summary['empty']['all']['total']
+        notes.append(f"Structures present on one side only: {e['missed']} missed, {e['hallucinated']} hallucinated; "
+                     f"their HD95, ASSD and HD: {_penalty_words(summary['empty_distance'])}.")
     if summary.get('missing'):
         how = 'left out' if summary.get('missing_policy') == 'skip' else 'evaluated as empty'
         notes.append(f"Missing predictions {how}: {', '.join(summary['missing'])}.")
     if summary.get('extra'): notes.append(f"Predictions without ground truth (ignored): {', '.join(summary['extra'])}.")
-    return '\n'.join(lines + ([''] + notes if notes else [])) + '\n'
+    return '\n'.join(lines + [''] + notes) + '\n'
 
 # %% ../nbs/08_metrics.ipynb #4c744eba
 def evaluate_folder(pred_dir, # predictions: patientXXX_frameYY.nii.gz, flat or in patientXXX/ subfolders
@@ -261,10 +328,11 @@ def evaluate_folder(pred_dir, # predictions: patientXXX_frameYY.nii.gz, flat or 
                     label_map:dict=ACDC_LABELS, # file value -> structure, for the ground truth
                     pred_label_map:dict|None=None, # the same for the predictions (default: `label_map`)
                     missing:str='error', # 'error': MissingFileError listing them; 'empty': evaluate as empty, flagged; 'skip': leave out, listed
-                    empty_distance:float=np.nan, # HD95/ASSD/HD when exactly one side of a structure is empty
+                    empty_distance:str|float='fov', # exactly one side of a structure empty: 'fov' (volume's diagonal), 'nan', or mm
                    ) -> dict:
     "Evaluate every labeled ED/ES frame of `gt_dir` against its prediction; the result record with per-volume `records`."
     if missing not in ('error', 'empty', 'skip'): raise ValueError(f"missing must be 'error', 'empty' or 'skip', not {missing!r}")
+    empty_distance = _empty_option(empty_distance)
     frames = [(p, f) for p in index_acdc(gt_dir) for f in p.frames]
     preds = find_predictions(pred_dir)
     names = {f.name for _, f in frames}
@@ -287,7 +355,7 @@ def evaluate_folder(pred_dir, # predictions: patientXXX_frameYY.nii.gz, flat or 
         else: pred = np.zeros_like(gt)
         records += volume_metrics(pred, gt, spacing, empty_distance=empty_distance, name=f.name, patient=p.id,
                                   frame=f.frame, phase=f.phase, group=p.group, missing=f.name not in preds)
-    res = summarize(records)
+    res = summarize(records, empty_distance=empty_distance)
     res.update(pred_dir=str(pred_dir), gt_dir=str(gt_dir), missing=absent, missing_policy=missing, extra=extra)
     if out_dir is not None:
         out = Path(out_dir)

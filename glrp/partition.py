@@ -4,54 +4,79 @@
 
 # %% ../nbs/02_partition.ipynb #6ec91dc9
 from __future__ import annotations
-import os, json, random
+import os, json, math, random
 from collections import Counter
 from pathlib import Path
 import numpy as np
 from .data import DataError, MissingFileError, ShapeError, Patient, Frame, index_acdc, data_hash, provenance
 
 # %% auto #0
-__all__ = ['FORMAT', 'FORMAT_VERSION', 'PROTOCOLS', 'PARTITION_EPS', 'MANIFEST_KEYS', 'ROLES', 'PartitionError', 'ManifestError',
-           'slice_positions', 'partition_index', 'slice_partitions', 'kfold_test_sets', 'pcl_folds', 'glrp_folds',
-           'draw_patients', 'pcl_labeled', 'volume_record', 'patient_volumes', 'make_manifest', 'manifest_json',
-           'write_manifest', 'read_manifest', 'fold_volumes', 'slice_table', 'manifest_summary']
+__all__ = ['FORMAT', 'FORMAT_VERSION', 'PROTOCOLS', 'SLICE_RULES', 'PARTITION_EPS', 'MANIFEST_KEYS', 'PARAM_KEYS', 'PATIENT_KEYS',
+           'VOLUME_KEYS', 'FOLD_KEYS', 'ROLES', 'PartitionError', 'ManifestError', 'slice_positions', 'partition_index',
+           'pcl_chunk', 'slice_partitions', 'kfold_test_sets', 'pcl_folds', 'glrp_folds', 'draw_patients',
+           'pcl_labeled', 'volume_record', 'patient_volumes', 'make_manifest', 'manifest_json', 'portable_root',
+           'resolve_root', 'write_manifest', 'check_volume', 'check_fold', 'validate_manifest', 'read_manifest',
+           'fold_volumes', 'slice_table', 'manifest_root', 'manifest_summary']
 
 # %% ../nbs/02_partition.ipynb #15963eee
 FORMAT = 'glrp.partition'  # the `format` field of every manifest
-FORMAT_VERSION = 1  # bumped whenever the manifest's keys or their meaning change
+FORMAT_VERSION = 2  # bumped whenever the manifest's keys or their meaning change (2: `root` relative to the manifest's folder, `params.slice_rule`)
 PROTOCOLS = ('glrp', 'pcl')
+SLICE_RULES = ('glrp', 'pcl')  # slice positions and partitions: this project's, or those of PCL's code
 
 class PartitionError(ValueError):
     "Parameters that cannot partition the given patients; the message names the parameter and the numbers."
 
 class ManifestError(DataError):
-    "A manifest file that is not JSON, not a glrp partition manifest, or of another format version."
+    "A manifest file that is not JSON, not a glrp partition manifest, of another format version, or with a broken record."
 
 # %% ../nbs/02_partition.ipynb #06abf8d2
-def slice_positions(n_slices:int, # number of slices Z of the volume
-                   ) -> np.ndarray:
-    "Relative positions (i + 0.5) / Z of the Z slices of a volume, strictly inside (0, 1)."
+def _check_rule(rule):
+    if rule not in SLICE_RULES: raise PartitionError(f"unknown slice rule {rule!r}; expected one of {', '.join(map(repr, SLICE_RULES))}")
+    return rule
+
+def _check_z(n_slices):
     if int(n_slices) != n_slices or n_slices < 1: raise PartitionError(f"a volume needs n_slices >= 1, got {n_slices}")
-    return (np.arange(int(n_slices)) + 0.5) / int(n_slices)
+    return int(n_slices)
+
+def slice_positions(n_slices:int, # number of slices Z of the volume
+                    rule:str='glrp', # 'glrp': bin centres (i + 0.5) / Z; 'pcl': PCL's (i + 1) / Z
+                   ) -> np.ndarray:
+    "Relative positions of the Z slices of a volume: symmetric, strictly inside (0, 1) ('glrp'), or in (0, 1], the last at 1 ('pcl')."
+    Z, rule = _check_z(n_slices), _check_rule(rule)
+    return (np.arange(Z) + (0.5 if rule == 'glrp' else 1.0)) / Z
 
 # %% ../nbs/02_partition.ipynb #a6eefc95
 PARTITION_EPS = 1e-9  # keeps exact-arithmetic boundary positions (e.g. p*S = 14) from rounding down
 
+def _check_parts(S):
+    if int(S) != S or S < 1: raise PartitionError(f"partitions must be an integer >= 1, got {S}")
+    return int(S)
+
 def partition_index(p, # relative position(s) in (0, 1): float, numpy array or torch tensor
                     S:int=4, # number of partitions per volume
                    ):
-    "GCL partition index `min(int(p * S), S - 1)` of each position: int for a float, else an integer array/tensor."
-    if int(S) != S or S < 1: raise PartitionError(f"partitions must be an integer >= 1, got {S}")
-    S = int(S)
+    "GCL partition index `min(int(p * S), S - 1)` of each position (the 'glrp' rule): int for a float, else an integer array/tensor."
+    S = _check_parts(S)
     if hasattr(p, 'clamp'): return (p * S + PARTITION_EPS).floor().long().clamp(0, S - 1)  # torch tensor
     k = np.clip(np.floor(np.asarray(p, dtype=float) * S + PARTITION_EPS).astype(int), 0, S - 1)
     return int(k) if k.ndim == 0 else k
 
+# %% ../nbs/02_partition.ipynb #dfba5680
+def pcl_chunk(n_slices:int, # number of slices Z
+              S:int=4, # number of partitions
+             ) -> int:
+    "Slices per partition in PCL's loader: Z / S rounded half up, computed exactly as (2Z + S) // 2S (0 when Z < S / 2)."
+    return (2 * _check_z(n_slices) + _check_parts(S)) // (2 * int(S))
+
 def slice_partitions(n_slices:int, # number of slices Z of the volume
                      S:int=4, # number of partitions per volume
+                     rule:str='glrp', # 'glrp': partition of each slice's centre; 'pcl': PCL's `min(i // pcl_chunk(Z, S), S - 1)`
                     ) -> np.ndarray:
-    "Partition index of each slice of a Z-slice volume (from its relative position)."
-    return partition_index(slice_positions(n_slices), S)
+    "Partition index (0 to S - 1) of each slice of a Z-slice volume under `rule`."
+    if _check_rule(rule) == 'glrp': return partition_index(slice_positions(n_slices), S)
+    d = max(pcl_chunk(n_slices, S), 1)  # 0 when Z < S / 2, where PCL's code divides by zero: one slice per partition
+    return np.minimum(np.arange(_check_z(n_slices)) // d, _check_parts(S) - 1)
 
 # %% ../nbs/02_partition.ipynb #583ffd93
 def kfold_test_sets(order, # a permutation of range(n)
@@ -112,23 +137,26 @@ def pcl_labeled(train_ids:list, # the fold's candidate patient ids
     return random.Random(seed).sample(sorted(train_ids), m)
 
 # %% ../nbs/02_partition.ipynb #3550c6ee
-def volume_record(name:str, patient:str, phase:str, frame:int, n_slices:int, labeled:bool, S:int=4) -> dict:
-    "One volume of the manifest, with its slices' relative positions and partition indices."
+def volume_record(name:str, patient:str, phase:str, frame:int, n_slices:int, labeled:bool, S:int=4,
+                  rule:str='glrp', # slice rule of the positions and partitions: 'glrp' or 'pcl'
+                 ) -> dict:
+    "One volume of the manifest, with its slices' relative positions and partition indices under `rule`."
     return dict(name=name, patient=patient, phase=phase, frame=int(frame), n_slices=int(n_slices), labeled=bool(labeled),
-                positions=slice_positions(n_slices).tolist(), partitions=slice_partitions(n_slices, S).tolist())
+                positions=slice_positions(n_slices, rule).tolist(), partitions=slice_partitions(n_slices, S, rule).tolist())
 
 def patient_volumes(p:Patient, # a patient from `index_acdc`
                     S:int=4, # partitions per volume
+                    rule:str='glrp', # slice rule: 'glrp' or 'pcl'
                    ) -> list:
     "Volume records of `p`: its ED and ES frames, then each cine frame other than ED and ES."
     vols = []
     for fr in p.frames:
         if len(fr.shape) != 3: raise ShapeError(fr.image, f"expected a 3D (X, Y, Z) volume, header shape {fr.shape}")
-        vols.append(volume_record(fr.name, p.id, fr.phase, fr.frame, fr.shape[2], fr.label is not None, S))
+        vols.append(volume_record(fr.name, p.id, fr.phase, fr.frame, fr.shape[2], fr.label is not None, S, rule))
     if p.cine_shape is not None:
         if len(p.cine_shape) != 4: raise ShapeError(p.cine, f"expected a 4D (X, Y, Z, T) cine, header shape {p.cine_shape}")
         taken = {fr.frame for fr in p.frames}
-        vols += [volume_record(f'{p.id}_4d_frame{t:02d}', p.id, 'cine', t, p.cine_shape[2], False, S)
+        vols += [volume_record(f'{p.id}_4d_frame{t:02d}', p.id, 'cine', t, p.cine_shape[2], False, S, rule)
                  for t in range(1, p.cine_shape[3] + 1) if t not in taken]
     return vols
 
@@ -182,11 +210,13 @@ def make_manifest(patients, # `Patient`s from `index_acdc`, or a dataset folder 
                   partitions:int=4, # GCL partitions S per volume
                   protocol:str='glrp', # 'glrp' (numpy default_rng) or 'pcl' (PCL's KFold and random.sample seeds)
                   pool_includes_test:bool=False, # put the test fold's images in the unlabeled pool (transductive)
-                  root=None, # the data folder as the user gave it, recorded as a string (default: `patients` if a folder)
+                  slice_rule:str|None=None, # slice positions and partitions: 'glrp' or 'pcl'; None: the protocol's
+                  root=None, # the data folder, kept absolute (default: `patients` if a folder); the file records it relative to itself
                   fingerprint:str|None=None, # the data's hash; None computes `data_hash(patients)` from the files
                  ) -> dict:
     "The partition manifest of `patients`: K folds, validation, M labeled patients, unlabeled pool, slice positions and partitions."
     if protocol not in PROTOCOLS: raise PartitionError(f"unknown protocol {protocol!r}; expected one of {', '.join(map(repr, PROTOCOLS))}")
+    rule = _check_rule(protocol if slice_rule is None else slice_rule)
     if isinstance(patients, (str, os.PathLike)):
         root = str(patients) if root is None else root
         patients = index_acdc(patients)
@@ -202,7 +232,7 @@ def make_manifest(patients, # `Patient`s from `index_acdc`, or a dataset folder 
     if protocol == 'pcl' and stratify: raise PartitionError("protocol 'pcl' reproduces PCL's unstratified KFold; use protocol='glrp' to stratify")
     tests = pcl_folds(len(ids), k, seed) if protocol == 'pcl' else glrp_folds(groups, k, seed, stratify)
     labelable = {p.id for p in patients if len(p.frames) == 2 and all(fr.label is not None for fr in p.frames)}
-    volumes = [v for p in patients for v in patient_volumes(p, S)]
+    volumes = [v for p in patients for v in patient_volumes(p, S, rule)]
     fold_recs = []
     for f, t in enumerate(tests):
         test = [ids[i] for i in t]
@@ -212,9 +242,9 @@ def make_manifest(patients, # `Patient`s from `index_acdc`, or a dataset folder 
         fold_recs.append(dict(fold=f, test=test, val=vl, train=train, labeled=lab,
                               pool=[v['name'] for v in volumes if v['patient'] in pool_pats]))
     params = dict(folds=k, seed=seed, labeled=m, label_seed=label_seed, val=val, stratify=bool(stratify), partitions=S,
-                  protocol=protocol, pool_includes_test=bool(pool_includes_test))
+                  protocol=protocol, pool_includes_test=bool(pool_includes_test), slice_rule=rule)
     return dict(format=FORMAT, format_version=FORMAT_VERSION, params=params,
-                root=None if root is None else str(root),
+                root=None if root is None else os.path.abspath(root),
                 data_hash=data_hash(patients) if fingerprint is None else str(fingerprint),
                 patients=[dict(id=p.id, group=p.group, split=p.split) for p in patients],
                 volumes=volumes, folds=fold_recs, software=provenance())
@@ -235,37 +265,130 @@ def manifest_json(m:dict, # a manifest from `make_manifest`
         return '[\n' + ',\n'.join(pad + manifest_json(v, _ind + 1) for v in m) + f'\n{end}]'
     return dump(m)
 
+# %% ../nbs/02_partition.ipynb #972a9c49
+def portable_root(root, # the data folder (absolute, or relative to the current directory), or None
+                  folder, # the folder of the manifest file
+                 ) -> str|None:
+    "`root` as a manifest in `folder` records it: relative to `folder` with '/' separators, or absolute where no relative path exists."
+    if root is None: return None
+    try: return Path(os.path.relpath(os.path.abspath(root), os.path.abspath(folder))).as_posix()
+    except ValueError: return Path(os.path.abspath(root)).as_posix()  # another drive (Windows)
+
+def resolve_root(root, # the `root` recorded in a manifest, or None
+                 folder, # the folder of the manifest file
+                ) -> str|None:
+    "The absolute data folder of a manifest in `folder`: `root` joined to `folder` (an absolute `root` stays as it is)."
+    return None if root is None else os.path.normpath(os.path.join(os.path.abspath(folder), root))
+
+# %% ../nbs/02_partition.ipynb #6f1929dd
 def write_manifest(m:dict, # a manifest from `make_manifest`
                    path, # the JSON file to write (its folder is created)
                   ) -> Path:
-    "Write `m` to `path` atomically (temporary file in the same folder, then `os.replace`)."
+    "Write `m` to `path` atomically (temporary file in the same folder, then `os.replace`), `root` relative to the file's folder."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    text = manifest_json({**m, 'root': portable_root(m.get('root'), path.parent)}) + '\n'
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     try:
-        tmp.write_bytes((manifest_json(m) + '\n').encode('utf-8'))
+        tmp.write_bytes(text.encode('utf-8'))
         os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)
     return path
 
-MANIFEST_KEYS = ('format', 'format_version', 'params', 'root', 'data_hash', 'patients', 'volumes', 'folds')
+# %% ../nbs/02_partition.ipynb #05ad2bed
+MANIFEST_KEYS = dict(format=str, format_version=int, params=dict, root=(str, type(None)), data_hash=str, patients=list, volumes=list, folds=list)
+PARAM_KEYS = dict(folds=int, seed=int, labeled=int, label_seed=int, val=(int, float), stratify=bool, partitions=int, protocol=str,
+                  pool_includes_test=bool, slice_rule=str)
+PATIENT_KEYS = dict(id=str, group=str, split=str)
+VOLUME_KEYS = dict(name=str, patient=str, phase=str, frame=int, n_slices=int, labeled=bool, positions=list, partitions=list)
+FOLD_KEYS = dict(fold=int, test=list, val=list, train=list, labeled=list, pool=list)
+ROLES = ('test', 'val', 'train', 'labeled', 'pool')
 
+def _types(t): return t if isinstance(t, tuple) else (t,)
+def _is(x, t): return isinstance(x, t) and (bool in _types(t) or not isinstance(x, bool))  # JSON true is not a number
+
+def _record(path, what, r, keys):
+    "`r` if it is a JSON object with each of `keys` of its type; else a `ManifestError` naming `path` and `what`."
+    if not isinstance(r, dict): raise ManifestError(path, f"{what} is not a record but {r!r:.60}")
+    missing = [k for k in keys if k not in r]
+    if missing: raise ManifestError(path, f"{what} lacks {', '.join(missing)}")
+    bad = next((k for k, t in keys.items() if not _is(r[k], t)), None)
+    if bad: raise ManifestError(path, f"{what}: {bad} is {r[bad]!r:.60}, not {' or '.join(t.__name__ for t in _types(keys[bad]))}")
+    return r
+
+# %% ../nbs/02_partition.ipynb #b88b460c
+def check_volume(v:dict, # a volume record of a manifest
+                 S:int, # the manifest's partitions per volume
+                 path='manifest', # the manifest file, named in the message
+                 i:int=0, # the record's index in `volumes`, naming it when it has no name
+                ):
+    "A `ManifestError` naming `path` and the volume unless `v` is complete, with n_slices positions in (0, 1] and partitions in 0..S-1."
+    what = f"volume {v['name']}" if isinstance(v, dict) and isinstance(v.get('name'), str) else f"volume #{i}"
+    z = _record(path, what, v, VOLUME_KEYS)['n_slices']
+    if z < 1: raise ManifestError(path, f"{what}: n_slices is {z}, not >= 1")
+    for key, kind, ok in (('positions', 'a number in (0, 1]', lambda x: _is(x, (int, float)) and math.isfinite(x) and 0 < x <= 1),
+                          ('partitions', f'an integer in 0..{S - 1}', lambda x: _is(x, int) and 0 <= x < S)):
+        xs = v[key]
+        if len(xs) != z: raise ManifestError(path, f"{what}: {len(xs)} {key} for {z} slices")
+        bad = next((j for j, x in enumerate(xs) if not ok(x)), None)
+        if bad is not None: raise ManifestError(path, f"{what}: {key[:-1]} {bad} is {xs[bad]!r:.30}, not {kind}")
+
+# %% ../nbs/02_partition.ipynb #8dc6c290
+def check_fold(f:dict, # a fold record of a manifest
+               i:int, # its index in `folds`
+               ids:set, # the manifest's patient ids
+               names:set, # the manifest's volume names
+               path='manifest', # the manifest file, named in the message
+              ):
+    "A `ManifestError` naming `path` and the fold unless `f` is complete, numbered `i`, and names only known, consistent patients and volumes."
+    what = f"fold {i}"
+    if _record(path, what, f, FOLD_KEYS)['fold'] != i: raise ManifestError(path, f"{what} is numbered {f['fold']}")
+    for role in ROLES:
+        known, kind = (names, 'volume') if role == 'pool' else (ids, 'patient')
+        unknown = [n for n in f[role] if not isinstance(n, str) or n not in known]
+        if unknown: raise ManifestError(path, f"{what}: {role} names unknown {kind}(s) {', '.join(map(repr, unknown[:5]))}")
+    te, va, tr = set(f['test']), set(f['val']), set(f['train'])
+    both = sorted(te & va | te & tr | va & tr)
+    if both: raise ManifestError(path, f"{what}: {', '.join(both[:5])} in two of test, val and train")
+    stray = sorted(set(f['labeled']) - tr)
+    if stray: raise ManifestError(path, f"{what}: labeled {', '.join(stray[:5])} not among the training patients")
+
+# %% ../nbs/02_partition.ipynb #b7bf3bcf
+def validate_manifest(m:dict, # a manifest as read from its JSON file
+                      path='manifest', # the file, named in the messages
+                     ) -> dict:
+    "`m` if every key and record is there and consistent; else a `ManifestError` naming `path` and the record."
+    pr = _record(path, 'params', _record(path, 'manifest', m, MANIFEST_KEYS)['params'], PARAM_KEYS)
+    if pr['partitions'] < 1: raise ManifestError(path, f"params: partitions is {pr['partitions']}, not >= 1")
+    if pr['slice_rule'] not in SLICE_RULES: raise ManifestError(path, f"params: unknown slice_rule {pr['slice_rule']!r}")
+    ids = [_record(path, f"patient #{i}", p, PATIENT_KEYS)['id'] for i, p in enumerate(m['patients'])]
+    for i, v in enumerate(m['volumes']): check_volume(v, pr['partitions'], path, i)
+    names = [v['name'] for v in m['volumes']]
+    for kind, xs in (('patient id', ids), ('volume name', names)):
+        dup = sorted(x for x, c in Counter(xs).items() if c > 1)
+        if dup: raise ManifestError(path, f"duplicate {kind}s: {', '.join(dup[:5])}")
+    known = set(ids)
+    orphan = next((v for v in m['volumes'] if v['patient'] not in known), None)
+    if orphan: raise ManifestError(path, f"volume {orphan['name']}: patient {orphan['patient']} is not in patients")
+    if len(m['folds']) != pr['folds']: raise ManifestError(path, f"{len(m['folds'])} fold records for params folds={pr['folds']}")
+    for i, f in enumerate(m['folds']): check_fold(f, i, known, set(names), path)
+    return m
+
+# %% ../nbs/02_partition.ipynb #4de64bb7
 def read_manifest(path, # a manifest JSON file
                  ) -> dict:
-    "The manifest in `path`; `ManifestError` if it is not JSON, not a glrp partition manifest, or another format version."
+    "The manifest in `path`, checked by `validate_manifest`, its `root` resolved against the file's folder (absolute); else a `ManifestError`."
     path = Path(path)
     if not path.is_file(): raise MissingFileError(path, "manifest file missing")
     try: m = json.loads(path.read_text(encoding='utf-8'))
     except (ValueError, UnicodeDecodeError) as e: raise ManifestError(path, f"not a JSON file ({e})") from None
     if not isinstance(m, dict) or m.get('format') != FORMAT: raise ManifestError(path, f"not a glrp partition manifest (no format {FORMAT!r})")
     if m.get('format_version') != FORMAT_VERSION:
-        raise ManifestError(path, f"manifest format version {m.get('format_version')!r}; this glrp reads version {FORMAT_VERSION}")
-    missing = [k for k in MANIFEST_KEYS if k not in m]
-    if missing: raise ManifestError(path, f"manifest lacks {', '.join(missing)}")
-    return m
+        raise ManifestError(path, f"manifest format version {m.get('format_version')!r}; this glrp reads version {FORMAT_VERSION} "
+                                  "(write it again with `glrp partition`)")
+    validate_manifest(m, path)
+    return {**m, 'root': resolve_root(m['root'], path.parent)}
 
 # %% ../nbs/02_partition.ipynb #c5520394
-ROLES = ('test', 'val', 'train', 'labeled', 'pool')
-
 def fold_volumes(m:dict, # a manifest
                  fold:int, # fold number
                  role:str='pool', # 'pool', or the labeled volumes of 'test', 'val', 'train', 'labeled' patients
@@ -286,6 +409,17 @@ def slice_table(volumes:list, # volume records (e.g. from `fold_volumes`)
     return [dict(volume=v['name'], slice=i, position=p, partition=k)
             for v in volumes for i, (p, k) in enumerate(zip(v['positions'], v['partitions']))]
 
+# %% ../nbs/02_partition.ipynb #f1cf6ca8
+def manifest_root(m:dict, # a manifest from `read_manifest` or `make_manifest`
+                  data=None, # a dataset folder that overrides the manifest's (the `--data` flag)
+                 ) -> Path:
+    "The dataset folder of `m`: `data` if given, else its `root`; a `DataError` naming the folder when that does not exist."
+    if data is not None: return Path(data)
+    if m.get('root') is None: raise DataError('manifest', "the manifest records no dataset folder: pass --data with the dataset folder")
+    root = Path(m['root'])
+    if not root.is_dir(): raise MissingFileError(root, "the manifest's dataset folder does not exist (moved?): pass --data with the dataset folder")
+    return root
+
 # %% ../nbs/02_partition.ipynb #5145c649
 def manifest_summary(m:dict, # a manifest
                     ) -> str:
@@ -296,7 +430,7 @@ def manifest_summary(m:dict, # a manifest
     short = lambda i: i[len('patient'):] if i.startswith('patient') else i
     lines = [f"partition manifest (format {m['format_version']}): protocol {pr['protocol']}, {pr['folds']} folds, seed {pr['seed']}"
              + (", stratified by group" if pr['stratify'] else ""),
-             f"  M={pr['labeled']} labeled patients per fold (label seed {pr['label_seed']}), val={pr['val']}, S={pr['partitions']} partitions, "
+             f"  M={pr['labeled']} labeled patients per fold (label seed {pr['label_seed']}), val={pr['val']}, S={pr['partitions']} partitions ({pr['slice_rule']} slice rule), "
              + ("pool includes the test fold (transductive)" if pr['pool_includes_test'] else "pool: non-test volumes only"),
              f"  {len(m['patients'])} patients ({', '.join(f'{g} {gc[g]}' for g in names)}), {len(vols)} volumes "
              f"({sum(v['labeled'] for v in vols.values())} labeled), data {str(m['data_hash'])[:12]}"

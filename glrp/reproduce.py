@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_reproduce.ipynb #5283a70c
 from __future__ import annotations
-import csv, fcntl, hashlib, io, json, math, os, shutil, subprocess, sys, time, warnings
+import csv, fcntl, hashlib, io, json, math, os, shutil, signal, subprocess, sys, threading, time, warnings
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -14,19 +14,20 @@ import numpy as np
 import glrp
 from .data import DataError, index_acdc, data_hash, provenance, atomic_path
 from .synthetic import write_phantom
-from .partition import make_manifest, write_manifest, read_manifest
+from .partition import make_manifest, write_manifest, read_manifest, manifest_root, FORMAT_VERSION
 from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, pretrain, pretrain_phases, finetune, predict,
                         load_checkpoint, load_slices, write_json)
 from .crf import CRFParams, tune_crf
 from .metrics import evaluate_folder
 
 # %% auto #0
-__all__ = ['METHODS', 'PAPER', 'ABLATION_DEFAULT', 'PROFILES', 'COMMON', 'CSV_FIELDS', 'canonical_json', 'short_hash',
+__all__ = ['PCL_CODE', 'METHODS', 'PAPER', 'ABLATION_DEFAULT', 'PROFILES', 'COMMON', 'CSV_FIELDS', 'canonical_json', 'short_hash',
            'file_lock', 'experiment_data', 'split_folders', 'experiment_manifest', 'testing_manifest', 'method_plan',
-           'pretraining_folder', 'pretrained_encoder', 'finetuned_model', 'validation_crf', 'evaluation',
-           'markdown_rows', 'read_log', 'result_record', 'write_result', 'Experiment', 'load_profile', 'experiments',
-           'NotebookError', 'check_parameters_cell', 'notebooks_folder', 'result_path', 'is_done', 'run_notebook',
-           'result_rows', 'results_csv', 'main_table_markdown', 'ablation_markdown', 'results_markdown', 'reproduce']
+           'pretraining_protocol', 'pretraining_folder', 'pretrained_encoder', 'finetuned_model', 'validation_crf',
+           'evaluation', 'markdown_rows', 'read_log', 'result_record', 'write_result', 'Experiment', 'load_profile',
+           'experiments', 'NotebookError', 'Interrupted', 'check_parameters_cell', 'notebooks_folder', 'result_path',
+           'is_done', 'run_notebook', 'descendants', 'stop_tree', 'result_rows', 'results_csv', 'main_table_markdown',
+           'ablation_markdown', 'results_markdown', 'stop_children_on_signal', 'reproduce']
 
 # %% ../nbs/09_reproduce.ipynb #e8697256
 def canonical_json(obj) -> str:
@@ -94,7 +95,7 @@ def experiment_manifest(data, # dataset folder (root or training/)
     pats = index_acdc(train)
     fp = data_hash(pats)
     params = dict(folds=folds, labeled=labeled, val=val, seed=seed, label_seed=label_seed, protocol=protocol, stratify=stratify)
-    path = Path(work).absolute()/'manifests'/f"M{labeled}-{short_hash(dict(params, data=fp, root=str(train)))}.json"
+    path = Path(work).absolute()/'manifests'/f"M{labeled}-{short_hash(dict(params, data=fp, root=str(train), format=FORMAT_VERSION))}.json"
     with file_lock(path.with_suffix('.lock')):
         if not path.is_file(): write_manifest(make_manifest(pats, root=str(train), fingerprint=fp, **params), path)
     return path
@@ -110,17 +111,19 @@ def testing_manifest(data, # dataset folder (root or training/)
     pats = [p for p in index_acdc(te) if all(f.label is not None for f in p.frames)]
     if len(pats) < 2: return None
     fp = data_hash(pats)
-    path = Path(work).absolute()/'manifests'/f"testing-{short_hash(dict(data=fp, root=str(te)))}.json"
+    path = Path(work).absolute()/'manifests'/f"testing-{short_hash(dict(data=fp, root=str(te), format=FORMAT_VERSION))}.json"
     with file_lock(path.with_suffix('.lock')):
         if not path.is_file(): write_manifest(make_manifest(pats, folds=2, labeled=0, val=0, root=str(te), fingerprint=fp), path)
     return path
 
 # %% ../nbs/09_reproduce.ipynb #fbb9ad06
+PCL_CODE = dict(base_temperature=0.07, positions='pcl')  # as PCL's code runs SimCLR, GCL and PCL: loss x T / 0.07; slice i of Z at (i + 1) / Z, partition i // round_half_up(Z / 4)
+
 METHODS = {  # name -> (PretrainConfig overrides or None, pretraining used: 'stage1' or 'all', UNet parts handed to fine-tuning)
     'random': (None, None, ()),
-    'simclr': (dict(method='simclr', stage='global'), 'all', ('encoder',)),
-    'gcl': (dict(method='gcl', stage='global'), 'all', ('encoder',)),
-    'pcl': (dict(method='pcl', stage='global'), 'all', ('encoder',)),
+    'simclr': (dict(method='simclr', stage='global', **PCL_CODE), 'all', ('encoder',)),
+    'gcl': (dict(method='gcl', stage='global', **PCL_CODE), 'all', ('encoder',)),
+    'pcl': (dict(method='pcl', stage='global', **PCL_CODE), 'all', ('encoder',)),
     'glrp-global': (dict(method='glrp', stage='global+local'), 'stage1', ('encoder',)),
     'glrp': (dict(method='glrp', stage='global+local'), 'all', ('encoder', 'decoder')),
 }
@@ -133,6 +136,15 @@ def method_plan(method:str, # a key of `METHODS`
     over, upto, parts = METHODS[method]
     if over is None: return None, None, parts
     return PretrainConfig(**(overrides | over)), upto, parts
+
+def pretraining_protocol(cfg:PretrainConfig|None, # the experiment's pretraining (None: random init)
+                         manifest:dict, # its partition manifest
+                        ) -> dict|None:
+    "What a result JSON records of the pretraining protocol: method, stage, temperature, loss scale T / base_T, slice rule, split protocol."
+    if cfg is None: return None
+    rule = cfg.positions if cfg.positions != 'manifest' else manifest['params'].get('slice_rule', manifest['params'].get('protocol'))
+    return dict(method=cfg.method, stage=cfg.stage, T=cfg.T, base_temperature=cfg.base_temperature,
+                loss_scale=cfg.T / (cfg.base_temperature or cfg.T), slice_positions=rule, split_protocol=manifest['params'].get('protocol'))
 
 # %% ../nbs/09_reproduce.ipynb #44b74485
 def _epochs_done(path:Path) -> int:
@@ -215,7 +227,7 @@ def evaluation(checkpoint, # fine-tuned checkpoint
     written = predict(checkpoint, out/'pred', role=role, manifest=manifest, data=data, crf=crf is not None, crf_params=crf,
                       progress=False, workers=workers)
     cfg, m, _ = _run_paths(checkpoint)
-    gt = data if data is not None else (read_manifest(manifest)['root'] if manifest else (cfg.data or m['root']))
+    gt = data if data is not None else (manifest_root(read_manifest(manifest)) if manifest else manifest_root(m, cfg.data))
     with warnings.catch_warnings():  # the test fold is a part of the ground-truth folder: the rest is 'missing' by design
         warnings.simplefilter('ignore')
         res = evaluate_folder(out/'pred', gt, out, missing='skip')
@@ -355,6 +367,13 @@ def experiments(profile:dict, # from `load_profile`
 class NotebookError(Exception):
     "A reproduction notebook that cannot be run (missing, or no `parameters` cell)."
 
+class Interrupted(Exception):
+    "The runner got SIGTERM or SIGINT: its running experiments were stopped, without a result."
+    def __init__(self, signum:int, stopped:list=()):
+        self.signum, self.stopped = signum, list(stopped)
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name}; " + (f"stopped without a result (a rerun redoes them): {', '.join(self.stopped)}" if self.stopped else "no experiment was running"))
+
 def check_parameters_cell(path, # a notebook
                          ) -> int:
     "The index of `path`'s cell tagged `parameters`; `NotebookError` naming the file when there is none."
@@ -409,8 +428,43 @@ def run_notebook(exp:Experiment, # the experiment
     cmd = [sys.executable, '-m', 'papermill', str(Path(notebooks)/f"{exp.notebook}.ipynb"), str(nb_out), '-f', str(pfile),
            '--cwd', str(folder), '--no-progress-bar', '--log-output', '-k', 'python3']
     t0 = time.time()
-    with open(log, 'w') as fh: rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+    with open(log, 'w') as fh:
+        with _RUN_LOCK:
+            if _STOP.is_set(): return False, 0., nb_out, log  # the runner is being interrupted: start nothing
+            p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+            _RUNNING[exp.label] = p
+        try: rc = p.wait()
+        finally: _RUNNING.pop(exp.label, None)
     return rc == 0 and result_path(exp, out).is_file(), time.time() - t0, nb_out, log
+
+_RUNNING, _RUN_LOCK, _STOP = {}, threading.Lock(), threading.Event()  # papermill processes by experiment; set when interrupted
+
+def descendants(pid:int) -> list:
+    "The pids of every process below `pid` (children, grandchildren: papermill's kernel), from `ps`."
+    try: out = subprocess.run(['ps', '-A', '-o', 'pid=', '-o', 'ppid='], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired): return []
+    kids = {}
+    for line in out.split('\n'):
+        parts = line.split()
+        if len(parts) == 2: kids.setdefault(int(parts[1]), []).append(int(parts[0]))
+    found, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []): found.append(c); todo.append(c)
+    return found
+
+def _signal_all(pids:list, sig:int):
+    for pid in pids:
+        try: os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError): pass
+
+def stop_tree(pid:int, # a running papermill process
+              grace:float=10., # seconds to end cleanly after SIGTERM, before SIGKILL
+             ) -> threading.Timer:
+    "SIGTERM to `pid` and everything below it (the kernel runs in a session of its own); SIGKILL to them after `grace` s (a timer, returned)."
+    pids = descendants(pid) + [pid]
+    _signal_all(pids, signal.SIGTERM)
+    t = threading.Timer(grace, _signal_all, (pids, signal.SIGKILL)); t.daemon = True; t.start()
+    return t
 
 # %% ../nbs/09_reproduce.ipynb #599f8499
 CSV_FIELDS = ['notebook', 'experiment', 'method', 'variant', 'M', 'fold', 'seed', 'split', 'crf', 'volumes',
@@ -526,6 +580,22 @@ def _gpus() -> int:
 
 def _say(msg:str): print(msg, flush=True)
 
+@contextmanager
+def stop_children_on_signal():
+    "Within the block, SIGTERM or SIGINT stops every running experiment (and its kernel), and the block ends with `Interrupted` naming them."
+    if threading.current_thread() is not threading.main_thread(): yield; return  # signals reach the main thread only
+    got, stopped, finished = [], [], []
+    def handler(signum, frame):  # runs in the main thread, maybe inside Popen.wait: signal, never wait here
+        _STOP.set(); got.append(signum)
+        with _RUN_LOCK: running = dict(_RUNNING)
+        for label, p in running.items(): stop_tree(p.pid); stopped.append(label)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    _STOP.clear()
+    try: yield finished  # the caller lists the experiments that finished anyway
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+    if got: raise Interrupted(got[0], sorted(set(stopped) - set(finished)))
+
 def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_profile`)
               data=None, # dataset folder; None: the phantom (smoke only)
               out='runs/reproduce', # output folder: experiments, work/, results.csv, RESULTS.md
@@ -553,20 +623,24 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
     # CPU runs side by side share the cores: more threads than cores makes OpenMP spin and every run 10x slower
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 and gpus == 0 else None
     def run(e):
+        if _STOP.is_set(): return  # interrupted: start nothing more
         slot = slots.get()
         try:
             _say(f"run    {e.label}" + (f" on GPU {slot}" if slot is not None else ''))
             ok, sec, nb, log = run_notebook(e, out, nbdir, slot, threads, fresh=force)
         finally: slots.put(slot)
         times[e.label] = sec
+        if _STOP.is_set() and not ok: return  # stopped by a signal: neither done nor failed
+        if _STOP.is_set(): finished.append(e.label)
         if ok: _say(f"done   {e.label} in {sec:.0f} s"); ran.append(e.label)
         else: _say(f"FAILED {e.label} after {sec:.0f} s: see {nb} and {log}"); failed.append(e.label)
     first, last = [e for e in todo if e.notebook != 'figures'], [e for e in todo if e.notebook == 'figures']
-    if jobs > 1:
-        with ThreadPoolExecutor(jobs) as ex: list(ex.map(run, first))
-    else:
-        for e in first: run(e)
-    for e in last: run(e)
+    with stop_children_on_signal() as finished:
+        if jobs > 1:
+            with ThreadPoolExecutor(jobs) as ex: list(ex.map(run, first))
+        else:
+            for e in first: run(e)
+        for e in last: run(e)
     rows = result_rows(out)
     recs = {e.label: json.loads(result_path(e, out).read_text()) for e in exps if result_path(e, out).is_file()}
     meta = dict(profile=prof.get('name', ''), data=str(data) if data else 'synthetic phantom', started=time.strftime('%Y-%m-%d %H:%M', time.localtime(t_start)),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #0710618e
 from __future__ import annotations
-import os, csv, io, json, math, time, random, inspect, re, warnings
+import os, csv, io, json, math, time, random, inspect, re, warnings, pickle, argparse
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import numpy as np
@@ -13,22 +13,59 @@ from torch import nn, Tensor
 from tqdm.auto import tqdm
 from .data import DataError, ShapeError, PrepParams, Source, as_source, index_acdc, load_case
 from .data import preprocess_dataset, restore, save_nifti_like, atomic_path, provenance
-from .partition import read_manifest, fold_volumes
-from .unet import UNet, load_pretrained
+from .partition import read_manifest, fold_volumes, slice_positions, slice_partitions, manifest_root
+from .unet import NORMS, UNet, load_pretrained, WeightMismatchError, is_pcl_state_dict, pcl_config, load_pcl
 from .losses import METHODS, contrastive_loss, positive_weights, local_loss, seg_loss
 from .metrics import class_counts, dice_from_counts
 from .augment import AugParams, two_views, augment_pair
 from . import distributed as gdist
 
 # %% auto #0
-__all__ = ['STAGES', 'RESUME_FREE', 'PREDICT_ROLES', 'PretrainConfig', 'FinetuneConfig', 'field_help', 'volume_source',
-           'SliceDataset', 'load_slices', 'epoch_batches', 'pick_device', 'bf16_supported', 'fast_settings', 'autocast',
-           'to_input', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'write_json', 'write_log',
-           'run_record', 'ProjNet', 'method_kwargs', 'pretrain_phases', 'phase_of', 'set_phase', 'set_train_mode',
-           'pretrain_loss', 'warmup_cosine', 'pretrain', 'predict_probs', 'pooled_dice', 'finetune', 'predict']
+__all__ = ['STAGES', 'SLICE_RULES', 'RESUME_FREE', 'PREDICT_ROLES', 'ConfigError', 'DivergenceError', 'PretrainConfig',
+           'FinetuneConfig', 'field_help', 'volume_source', 'slice_meta', 'SliceDataset', 'load_slices',
+           'epoch_batches', 'pick_device', 'bf16_supported', 'fast_settings', 'autocast', 'to_input', 'rng_state',
+           'set_rng_state', 'save_checkpoint', 'read_weights', 'nonfinite_tensors', 'load_checkpoint',
+           'check_checkpoint', 'clean_stale_temporaries', 'write_json', 'write_log', 'relative_to', 'run_paths',
+           'recorded_path', 'run_record', 'ProjNet', 'method_kwargs', 'pretrain_phases', 'phase_of', 'set_phase',
+           'set_train_mode', 'pretrain_loss', 'warmup_cosine', 'check_step', 'pretrain', 'predict_probs', 'pooled_dice',
+           'finetune', 'segmentation_model', 'read_crf_params', 'predict']
 
 # %% ../nbs/06_train.ipynb #fec7c4d1
 STAGES = ('global', 'local', 'global+local', 'joint')
+SLICE_RULES = ('manifest', 'glrp', 'pcl')  # where the slice positions and GCL partitions of pretraining come from
+
+class ConfigError(ValueError):
+    "A setting that cannot run (named, with the value and what is allowed); raised before any data is read."
+
+class DivergenceError(RuntimeError):
+    "A run whose loss or gradient became non-finite; the message names the run, epoch and step, and the last good checkpoint."
+
+def _check(ok:bool, msg:str):
+    if not ok: raise ConfigError(msg)
+
+def _finite(x) -> bool:
+    try: return math.isfinite(float(x))
+    except (TypeError, ValueError): return False
+
+def _check_aug(aug, kind:str):
+    "Unknown or invalid augmentation keys are a `ConfigError` naming them."
+    _check(isinstance(aug, dict), f"aug must be a JSON object of AugParams fields, got {aug!r}")
+    names = {f.name for f in fields(AugParams)}
+    unknown = sorted(set(aug) - names)
+    _check(not unknown, f"unknown aug key(s) {', '.join(unknown)}; AugParams fields are {', '.join(sorted(names))}")
+    try: getattr(AugParams, kind)(**aug)
+    except (TypeError, ValueError) as e: raise ConfigError(f"aug: {e}") from None
+
+def _check_common(c):
+    "The checks shared by both configs: sizes, counts, learning rate, augmentation."
+    _check(c.size is None or (len(c.size) == 2 and min(c.size) >= 1), f"size must be two positive integers (H W), got {c.size}")
+    _check(_finite(c.spacing) and c.spacing > 0, f"spacing must be a positive number of mm, got {c.spacing}")
+    for name in ('epochs', 'f', 'depth'): _check(getattr(c, name) >= 1, f"{name} must be >= 1, got {getattr(c, name)}")
+    _check(c.max_steps is None or c.max_steps >= 1, f"max_steps must be >= 1 or None, got {c.max_steps}")
+    _check(c.workers >= 0, f"workers must be >= 0 (0: all cores), got {c.workers}")
+    _check(_finite(c.lr) and c.lr > 0, f"lr must be a finite number > 0, got {c.lr}")
+    _check(_finite(c.wd) and c.wd >= 0, f"wd must be a finite number >= 0, got {c.wd}")
+    _check(c.norm in NORMS, f"norm must be one of {NORMS}, not {c.norm!r}")
 
 class _Config:
     "JSON round trip shared by the configs."
@@ -40,7 +77,7 @@ class _Config:
         "The config from `to_dict`'s output; unknown keys are an error."
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
-        if unknown: raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
+        if unknown: raise ConfigError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
         return cls(**d)
     def prep(self) -> PrepParams:
         "The preprocessing of this run."
@@ -67,6 +104,8 @@ class PretrainConfig(_Config):
     momentum: float = 0.9  # SGD momentum
     wd: float = 1e-5  # SGD weight decay
     T: float = 0.1  # temperature of both losses
+    base_temperature: float|None = None  # the loss is scaled by T / base_temperature (SupCon); None: T (scale 1). PCL's code: 0.07
+    positions: str = 'manifest'  # slice positions and GCL partitions: 'manifest' (as recorded there), 'glrp' ((i + 0.5) / Z) or 'pcl' ((i + 1) / Z, PCL's partitions)
     tau: float = 0.35  # glrp: tent half-width (or Gaussian/hard width)
     kernel: str = 'tent'  # glrp: tent, gaussian or hard
     threshold: float = 0.35  # pcl: |dp| threshold
@@ -89,9 +128,25 @@ class PretrainConfig(_Config):
     progress: bool = True  # tqdm progress bars
 
     def __post_init__(self):
-        if self.method not in METHODS: raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
-        if self.stage not in STAGES: raise ValueError(f"stage must be one of {STAGES}, not {self.stage!r}")
         if self.size is not None: self.size = tuple(int(s) for s in self.size)
+        _check(self.method in METHODS, f"method must be one of {METHODS}, not {self.method!r}")
+        _check(self.stage in STAGES, f"stage must be one of {STAGES}, not {self.stage!r}")
+        _check(self.positions in SLICE_RULES, f"positions must be one of {SLICE_RULES}, not {self.positions!r}")
+        _check(self.kernel in ('tent', 'gaussian', 'hard'), f"kernel must be tent, gaussian or hard, not {self.kernel!r}")
+        _check_common(self)
+        _check(self.batch >= 2, f"batch must be >= 2 (a contrastive batch needs two slices), got {self.batch}")
+        _check(self.local_epochs is None or self.local_epochs >= 1, f"local_epochs must be >= 1 or None, got {self.local_epochs}")
+        _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check(self.local_lr is None or (_finite(self.local_lr) and self.local_lr > 0), f"local_lr must be a finite number > 0 or None, got {self.local_lr}")
+        _check(_finite(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        for name in ('T', 'tau', 'threshold'): _check(_finite(getattr(self, name)) and getattr(self, name) > 0, f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        _check(self.base_temperature is None or (_finite(self.base_temperature) and self.base_temperature > 0),
+               f"base_temperature must be a finite number > 0 or None, got {self.base_temperature}")
+        _check(_finite(self.lam) and self.lam >= 0, f"lam must be a finite number >= 0, got {self.lam}")
+        for name in ('proj_dim', 'n_regions'): _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        _check(self.region_size is None or self.region_size >= 1, f"region_size must be >= 1 or None, got {self.region_size}")
+        _check(1 <= self.local_level <= self.depth, f"local_level must be in 1..depth={self.depth}, got {self.local_level}")
+        _check_aug(self.aug, 'contrastive')
 
 @dataclass
 class FinetuneConfig(_Config):
@@ -103,7 +158,7 @@ class FinetuneConfig(_Config):
     cache: str|None = None  # preprocessed cache folder; None: cache/ beside the manifest
     spacing: float = 1.25  # in-plane spacing of the network's grid, mm
     size: tuple = (352, 352)  # network input size (H, W)
-    pretrained: str|None = None  # pretraining checkpoint (last.pt of glrp pretrain); None: random init
+    pretrained: str|None = None  # pretraining checkpoint (last.pt of glrp pretrain) or PCL's released UNet2D weights; None: random init
     parts: tuple = ('encoder', 'decoder')  # parts of the UNet copied from the pretrained checkpoint
     f: int = 48  # UNet base width (random init; a pretrained checkpoint brings its own)
     depth: int = 4  # UNet levels (idem)
@@ -126,6 +181,13 @@ class FinetuneConfig(_Config):
     def __post_init__(self):
         if self.size is not None: self.size = tuple(int(s) for s in self.size)
         self.parts = (self.parts,) if isinstance(self.parts, str) else tuple(self.parts)
+        _check_common(self)
+        _check(self.batch >= 1, f"batch must be >= 1, got {self.batch}")
+        _check(self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}")
+        _check(bool(self.parts) and set(self.parts) <= {'encoder', 'decoder', 'head'}, f"parts must be among encoder, decoder, head, got {self.parts}")
+        for name in ('ce_weight', 'dice_weight'): _check(_finite(getattr(self, name)) and getattr(self, name) >= 0, f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        _check(self.ce_weight + self.dice_weight > 0, "ce_weight and dice_weight are both 0: nothing to train")
+        _check_aug(self.aug, 'finetune')
 
 # %% ../nbs/06_train.ipynb #2de9a323
 def field_help(cls) -> dict:
@@ -156,11 +218,23 @@ def volume_source(v:dict, # a volume record of the manifest
         if fr.frame == v['frame']: return as_source(fr)
     raise DataError(p.folder, f"manifest volume {v['name']}: frame {v['frame']} is not an ED/ES frame of {p.id}")
 
+def slice_meta(records:list, # manifest volume records
+               rule:str='manifest', # 'manifest' (the recorded positions and partitions), 'glrp' or 'pcl' (recomputed from n_slices)
+               S:int=4, # partitions per volume (rules 'glrp' and 'pcl')
+              ) -> tuple:
+    "(positions, partitions) of every slice of `records`, in order; positions as float64."
+    if rule == 'manifest': pos, part = [r['positions'] for r in records], [r['partitions'] for r in records]
+    else: pos = [slice_positions(r['n_slices'], rule=rule) for r in records]; part = [slice_partitions(r['n_slices'], S, rule=rule) for r in records]
+    return (torch.tensor([float(p) for ps in pos for p in ps], dtype=torch.float64),
+            torch.tensor([int(k) for ks in part for k in ks], dtype=torch.long))
+
 class SliceDataset(torch.utils.data.Dataset):
     "Every slice of a list of volumes, in memory, with relative position, partition and volume id."
     def __init__(self, cases:list, # `Case`s from `load_case`
                  records:list, # their manifest volume records (same order)
                  labels:bool=True, # keep the labels
+                 rule:str='manifest', # slice positions and partitions: the manifest's, or 'glrp' / 'pcl' recomputed (`slice_meta`)
+                 S:int=4, # partitions per volume, for a recomputed rule
                 ):
         self.cases, self.records = cases, records
         for c, r in zip(cases, records):
@@ -168,8 +242,7 @@ class SliceDataset(torch.utils.data.Dataset):
                 raise ShapeError(c.name, f"{c.image.shape[0]} slices in the data, {r['n_slices']} in the manifest: data and manifest differ")
         self.images = torch.from_numpy(np.concatenate([c.image for c in cases])) if cases else torch.zeros(0, 1, 1)
         self.labels = torch.from_numpy(np.concatenate([c.label for c in cases])) if labels and cases else None
-        self.pos = torch.tensor([p for r in records for p in r['positions']], dtype=torch.float32)
-        self.part = torch.tensor([k for r in records for k in r['partitions']], dtype=torch.long)
+        self.pos, self.part = slice_meta(records, rule, S)
         self.vol = torch.tensor([i for i, r in enumerate(records) for _ in range(r['n_slices'])], dtype=torch.long)
         self.starts = np.cumsum([0] + [r['n_slices'] for r in records])
 
@@ -192,11 +265,11 @@ def load_slices(manifest:dict, # the manifest
                 data=None, # dataset root; None: the manifest's root
                 workers:int=0, # processes filling the cache; 0: all cores
                 labels:bool=True, # keep the labels (False for the pool)
+                rule:str='manifest', # slice positions and partitions: the manifest's, or 'glrp' / 'pcl' recomputed
                ) -> SliceDataset:
     "The slices of `role` in `fold`, preprocessed through the cache, with the manifest's slice metadata."
     recs = [v for v in manifest['volumes'] if v['labeled']] if role == 'all' else fold_volumes(manifest, fold, role)
-    root = data if data is not None else manifest.get('root')
-    if root is None: raise DataError('manifest', "the manifest records no data root: give the dataset folder (data=...)")
+    root = manifest_root(manifest, data)  # names a moved dataset folder, and the --data override
     pats = {p.id: p for p in index_acdc(root, labels=False)}
     srcs = [volume_source(v, pats) for v in recs]
     if labels:
@@ -214,7 +287,7 @@ def load_slices(manifest:dict, # the manifest
         if w > 1:
             with ProcessPoolExecutor(w) as ex: list(ex.map(load_case, todo, repeat(params), repeat(cache_dir)))
     cases = [load_case(s, params, cache_dir) for s in srcs]
-    ds = SliceDataset(cases, recs, labels)
+    ds = SliceDataset(cases, recs, labels, rule, manifest['params'].get('partitions', 4))
     ds.sources = srcs
     return ds
 
@@ -293,12 +366,50 @@ def save_checkpoint(obj:dict, path) -> Path:
     with atomic_path(path) as tmp: torch.save(obj, tmp)
     return Path(path)
 
-def load_checkpoint(path) -> dict:
-    "A checkpoint read with `weights_only=True` (tensors, numbers, strings, lists, dicts only)."
+def read_weights(path) -> object:
+    "`torch.load(path, weights_only=True)` on the CPU, with its failures as `DataError`s naming the file."
     path = Path(path)
     if not path.is_file(): raise DataError(path, "checkpoint file missing")
-    try: return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise DataError(path, f"unreadable checkpoint ({type(e).__name__}: {e})") from None
+    safe = getattr(torch.serialization, 'safe_globals', None)  # argparse options, as PCL's checkpoints store them: plain data
+    try:
+        if safe is None: return torch.load(path, map_location='cpu', weights_only=True)
+        with safe([argparse.Namespace]): return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError: raise DataError(path, "not a glrp checkpoint: it holds Python objects, not only tensors, numbers and strings, and glrp reads weights without running code (weights_only)") from None
+    except Exception as e: raise DataError(path, f"unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+def nonfinite_tensors(sd:dict) -> list:
+    "Names of the floating-point tensors of state dict `sd` holding NaN or Inf."
+    return [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+def load_checkpoint(path) -> dict:
+    "A glrp checkpoint read with `weights_only=True`, checked: a dict with a finite `model` state dict and its `model_args`."
+    return check_checkpoint(read_weights(path), path)
+
+def check_checkpoint(ck, # what `read_weights` read
+                     path, # its file, for messages
+                    ) -> dict:
+    "`ck` when it is a glrp checkpoint with finite weights; a `DataError` naming `path` and the problem otherwise."
+    if not isinstance(ck, dict) or not isinstance(ck.get('model'), dict):
+        what = f"a dict with keys {', '.join(map(str, list(ck)[:6]))}" if isinstance(ck, dict) else f"a {type(ck).__name__}"
+        raise DataError(path, f"not a glrp checkpoint: expected a dict with a 'model' state dict, found {what}")
+    if not isinstance(ck.get('model_args'), dict): raise DataError(path, "not a glrp checkpoint: no 'model_args' (the network's settings)")
+    bad = nonfinite_tensors(ck['model'])
+    if bad: raise DataError(path, f"{len(bad)} of {len(ck['model'])} weight tensors hold NaN or Inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the run that wrote it diverged")
+    return ck
+
+def clean_stale_temporaries(folder) -> list:
+    "Remove the temporaries (`.NAME.PID.HEX.tmp*`) that a killed writer left in `folder`; the removed paths."
+    gone = []
+    for p in Path(folder).glob('.*.tmp*'):
+        m = re.match(r'^\..+\.(\d+)\.[0-9a-f]+\.tmp', p.name)
+        if not m or not p.is_file(): continue
+        pid = int(m.group(1))
+        if pid == os.getpid(): continue  # ours
+        try: os.kill(pid, 0); continue  # its writer still runs
+        except ProcessLookupError: pass
+        except PermissionError: continue
+        p.unlink(missing_ok=True); gone.append(p)
+    return gone
 
 # %% ../nbs/06_train.ipynb #4b221a6c
 def write_json(obj, path) -> Path:
@@ -315,10 +426,30 @@ def write_log(rows:list, out) -> None:
     with atomic_path(out/'log.csv') as tmp: Path(tmp).write_text(buf.getvalue())
     write_json(rows, out/'log.json')
 
+def relative_to(path, # a file or folder (None passes through)
+                base, # the folder it is recorded from
+               ) -> str|None:
+    "`path` relative to folder `base` (absolute only where no relative path exists, e.g. another drive)."
+    if path is None: return None
+    try: return os.path.relpath(Path(path).resolve(), Path(base).resolve())
+    except ValueError: return str(Path(path).resolve())
+
+def run_paths(cfg, out) -> dict:
+    "The run's inputs (manifest, data, cache, pretrained) relative to its run folder: valid from any directory, and when both move together."
+    return {k: relative_to(getattr(cfg, k, None), out) for k in ('manifest', 'data', 'cache', 'pretrained')}
+
+def recorded_path(ck:dict, # a checkpoint (or run.json) with `paths`
+                  key:str, # 'manifest', 'data', 'cache' or 'pretrained'
+                  ck_path, # where the checkpoint lies
+                 ) -> Path|None:
+    "A path recorded by `run_paths`, resolved against the checkpoint's folder; None when not recorded."
+    rel = (ck.get('paths') or {}).get(key)
+    return None if rel is None else (Path(ck_path).resolve().parent/rel).resolve()
+
 def run_record(cfg, kind:str, manifest:dict, info, device, fs:dict) -> dict:
-    "What `run.json` holds: the config, seed, data hash and code version of a run."
+    "What `run.json` holds: the config, seed, data hash and code version of a run (input paths relative to the run folder)."
     return dict(kind=kind, config=cfg.to_dict(), seed=cfg.seed, data_hash=manifest.get('data_hash'),
-                manifest=str(Path(cfg.manifest).resolve()), fold=cfg.fold, world=info.world, device=str(device),
+                paths=run_paths(cfg, cfg.out), fold=cfg.fold, world=info.world, device=str(device),
                 fast=dict(channels_last=fs['channels_last'], amp=str(fs['amp'])), provenance=provenance(),
                 started=time.strftime('%Y-%m-%dT%H:%M:%S'))
 
@@ -377,14 +508,14 @@ def pretrain_loss(net:nn.Module, # `ProjNet` (or its DDP wrapper)
     if phase in ('local', 'joint'): xl = torch.cat(two_views(x, aug, gen, shared_geometry=True))
     with autocast(device, fs):
         zg, zl = net(None if xg is None else to_input(xg, device, fs), None if xl is None else to_input(xl, device, fs))
-    meta = torch.stack([b['pos'], b['part'].float(), b['vol'].float()], 1).to(device)
+    meta = torch.stack([b['pos'], b['part'].double(), b['vol'].double()], 1).to(device)  # float64: |dp| exact at the threshold
     meta = gdist.gather_nograd(meta)
     anchors = gdist.global_anchors(info, n, device) if meta.shape[0] != n else None
     W = positive_weights(cfg.method, p=meta[:, 0], part=meta[:, 1].long(), vol=meta[:, 2].long(), **method_kwargs(cfg)).to(device)
     loss = 0.
     if zg is not None:
         feats = gdist.gather_with_grad(zg.float().view(2, n, -1).transpose(0, 1).contiguous())
-        loss = loss + contrastive_loss(feats, W, T=cfg.T, anchors=anchors)
+        loss = loss + contrastive_loss(feats, W, T=cfg.T, anchors=anchors, base_temperature=cfg.base_temperature)
     if zl is not None:
         k = cfg.n_regions
         r = gdist.pool_regions(zl.float().view(2, n, *zl.shape[1:]).transpose(0, 1), k, cfg.region_size)  # [n, 2, d, k, k]
@@ -433,6 +564,27 @@ def _wrap(net:nn.Module, info, device):
 
 def _mean_over_ranks(x:float, info) -> float: return float(gdist.reduce_mean(x))
 
+def check_step(loss:Tensor, # the step's loss, after `backward`
+               params:list, # the trained parameters (their gradients are checked)
+               where:str, # the run, for the message: e.g. 'runs/pre: pretrain'
+               epoch:int, step:int, # 0-based epoch and step of the run
+               kept:str, # what survives, for the message: e.g. 'runs/pre/last.pt keeps epoch 3'
+              ) -> float:
+    "The loss as a float; a `DivergenceError` naming epoch and step when the loss or the gradient norm is not finite."
+    lv = loss.item()
+    gn = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])) if math.isfinite(lv) else float('nan')
+    if math.isfinite(lv) and math.isfinite(gn): return lv
+    raise DivergenceError(f"{where} diverged at epoch {epoch + 1}, step {step + 1}: loss {lv:.4g}, gradient norm {gn:.4g}; {kept}. "
+                          "Lower the learning rate or check the temperature and the data.")
+
+def _kept(out, epoch:int) -> str:
+    return f"{Path(out)/'last.pt'} keeps epoch {epoch}" if epoch else "no checkpoint was written"
+
+def _record_failure(out, err:Exception):
+    "Note a failed run in its run.json (when there is one)."
+    rj = Path(out)/'run.json'
+    if rj.is_file(): write_json(json.loads(rj.read_text()) | dict(failed=str(err)), rj)
+
 def pretrain(cfg:PretrainConfig, # the run's configuration
              resume:bool=False, # continue from `cfg.out/last.pt` (a fresh start when there is none)
              stop_after:int|None=None, # end after this many epochs of this call (an interruption); None: run to the end
@@ -448,7 +600,7 @@ def _pretrain(cfg, resume, stop_after, info):
     device = info.device; fs = fast_settings(device, cfg.fast)
     m = read_manifest(cfg.manifest)
     cache = cfg.cache or Path(cfg.manifest).parent/'cache'
-    ds = load_slices(m, cfg.fold, 'pool', cfg.prep(), cache, cfg.data, cfg.workers, labels=False)
+    ds = load_slices(m, cfg.fold, 'pool', cfg.prep(), cache, cfg.data, cfg.workers, labels=False, rule=cfg.positions)
     if len(ds) < 2: raise DataError(cfg.manifest, f"fold {cfg.fold}'s pool has {len(ds)} slice(s); pretraining needs at least 2")
     gdist.seed_everything(cfg.seed, info.rank)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -467,6 +619,7 @@ def _pretrain(cfg, resume, stop_after, info):
         set_rng_state(ck['rng'][info.rank] if info.rank < len(ck['rng']) else ck['rng'][0], gen)
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(out)
         rec = run_record(cfg, 'pretrain', m, info, device, fs) | dict(resumed_at=start if ck else None, pool_slices=len(ds))
         write_json(rec, out/'run.json')
     steps = len(epoch_batches(len(ds), cfg.batch, cfg.seed, 0, True, info.rank, info.world, cfg.max_steps))
@@ -489,20 +642,24 @@ def _pretrain(cfg, resume, stop_after, info):
         batches = epoch_batches(len(ds), cfg.batch, cfg.seed, epoch, True, info.rank, info.world, cfg.max_steps)
         t0, tot, seen = time.perf_counter(), 0., 0
         bar = tqdm(batches, desc=f"pretrain {phase} {epoch + 1}/{total}", disable=not (cfg.progress and main), leave=False)
-        for idx in bar:
+        for i, idx in enumerate(bar):
             loss = pretrain_loss(net, ds.batch(idx), phase, cfg, aug, gen, device, fs, info)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            try: lv = check_step(loss, params, f"{out}: pretrain ({phase} phase)", epoch, i, _kept(out, epoch))
+            except DivergenceError as e:
+                if main: _record_failure(out, e)
+                raise
             opt.step(); sched.step()
-            tot += loss.item() * len(idx); seen += len(idx)
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{2 * seen * info.world / (time.perf_counter() - t0):.1f}")
+            tot += lv * len(idx); seen += len(idx)
+            bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{2 * seen * info.world / (time.perf_counter() - t0):.1f}")
         secs = time.perf_counter() - t0
         row = dict(epoch=epoch + 1, phase=phase, loss=_mean_over_ranks(tot / max(seen, 1), info), lr=opt.param_groups[0]['lr'],
                    seconds=round(secs, 3), images_per_s=round(2 * seen * info.world / max(secs, 1e-9), 2))
         log.append(row)
         rngs = _ranks_rng(gen, info)
         if main:
-            save_checkpoint(dict(format='glrp.train', kind='pretrain', config=cfg.to_dict(), model_args=_model_args(cfg),
+            save_checkpoint(dict(format='glrp.train', kind='pretrain', config=cfg.to_dict(), paths=run_paths(cfg, out), model_args=_model_args(cfg),
                                  model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), phase=phase,
                                  epoch=epoch + 1, rng=rngs, sampler=dict(seed=cfg.seed, epoch=epoch + 1), log=log), out/'last.pt')
             write_log(log, out)
@@ -550,15 +707,33 @@ def finetune(cfg:FinetuneConfig, # the run's configuration
     try: return _finetune(cfg, resume, stop_after, info)
     finally: gdist.cleanup_distributed()
 
+def _pcl_model(raw:dict, cfg:FinetuneConfig) -> tuple:
+    "(UNet, model args, loaded tensor names) from PCL's own released weights: the parts of `cfg.parts` that the file holds."
+    bad = nonfinite_tensors(raw.get('state_dict', raw.get('model', raw)))
+    if bad: raise DataError(cfg.pretrained, f"{len(bad)} PCL weight tensors hold NaN or Inf ({', '.join(bad[:3])})")
+    c = pcl_config(raw)
+    parts = tuple(p for p in cfg.parts if p in c['parts'])
+    if not parts: raise DataError(cfg.pretrained, f"PCL weights hold {c['parts']}, none of the parts asked for {cfg.parts}")
+    if parts != cfg.parts: warnings.warn(f"{cfg.pretrained}: PCL weights hold {c['parts']}; loading {parts} of {cfg.parts}")
+    if c['in_ch'] != 1: raise DataError(cfg.pretrained, f"PCL weights for {c['in_ch']} input channels; glrp's images have one")
+    args = {k: c[k] for k in ('f', 'depth', 'norm')}
+    model = UNet(**args)
+    try: return model, args, load_pcl(model, raw, parts)
+    except WeightMismatchError as e: raise DataError(cfg.pretrained, f"PCL weights: {e}") from None
+
 def _seg_model(cfg:FinetuneConfig) -> tuple:
-    "(UNet, model args, loaded tensor names): random init, or the pretrained checkpoint's parts."
+    "(UNet, model args, loaded tensor names): random init, a glrp checkpoint's parts, or PCL's released weights."
     args = dict(f=cfg.f, depth=cfg.depth, norm=cfg.norm)
     ck = None
     if cfg.pretrained:
-        ck = load_checkpoint(cfg.pretrained)
-        args = {k: ck['model_args'][k] for k in ('f', 'depth', 'norm')}
+        raw = read_weights(cfg.pretrained)
+        if isinstance(raw, dict) and is_pcl_state_dict(raw): return _pcl_model(raw, cfg)
+        ck = check_checkpoint(raw, cfg.pretrained)
+        try: args = {k: ck['model_args'][k] for k in ('f', 'depth', 'norm')}
+        except KeyError as e: raise DataError(cfg.pretrained, f"model_args lacks {e}") from None
     model = UNet(**args)
-    loaded = load_pretrained(model, ck['model'], cfg.parts) if ck else []
+    try: loaded = load_pretrained(model, ck['model'], cfg.parts) if ck else []
+    except WeightMismatchError as e: raise DataError(cfg.pretrained, f"weights do not fit its model_args {args}: {e}") from None
     return model, args, loaded
 
 def _finetune(cfg, resume, stop_after, info):
@@ -566,12 +741,12 @@ def _finetune(cfg, resume, stop_after, info):
     device = info.device; fs = fast_settings(device, cfg.fast)
     m = read_manifest(cfg.manifest)
     cache = cfg.cache or Path(cfg.manifest).parent/'cache'
+    gdist.seed_everything(cfg.seed, info.rank)
+    torch.manual_seed(cfg.seed)
+    model, margs, loaded = _seg_model(cfg)  # a bad checkpoint fails before any data is read
     ds = load_slices(m, cfg.fold, 'labeled', cfg.prep(), cache, cfg.data, cfg.workers)
     val = load_slices(m, cfg.fold, 'val', cfg.prep(), cache, cfg.data, cfg.workers)
     if len(ds) == 0: raise DataError(cfg.manifest, f"fold {cfg.fold} has no labeled volumes")
-    gdist.seed_everything(cfg.seed, info.rank)
-    torch.manual_seed(cfg.seed)
-    model, margs, loaded = _seg_model(cfg)
     model = model.to(device)
     if fs['channels_last']: model = model.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(cfg.seed * 1009 + info.rank)
@@ -588,6 +763,7 @@ def _finetune(cfg, resume, stop_after, info):
         set_rng_state(ck['rng'][info.rank] if info.rank < len(ck['rng']) else ck['rng'][0], gen)
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(out)
         rec = run_record(cfg, 'finetune', m, info, device, fs) | dict(
             resumed_at=start if start else None, model_args=margs, loaded=len(loaded), labeled=m['folds'][cfg.fold]['labeled'],
             val=m['folds'][cfg.fold]['val'], train_slices=len(ds), val_slices=len(val))
@@ -600,16 +776,20 @@ def _finetune(cfg, resume, stop_after, info):
         batches = epoch_batches(len(ds), cfg.batch, cfg.seed, epoch, len(ds) > cfg.batch, info.rank, info.world, cfg.max_steps)
         t0, tot, seen = time.perf_counter(), 0., 0
         bar = tqdm(batches, desc=f"finetune {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and main), leave=False)
-        for idx in bar:
+        for i, idx in enumerate(bar):
             b = ds.batch(idx)
             x, y = augment_pair(b['image'], b['label'].long(), aug, gen)
             with autocast(device, fs): logits = net(to_input(x, device, fs))
             loss = seg_loss(logits, y.to(device), cfg.ce_weight, cfg.dice_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            try: lv = check_step(loss, list(model.parameters()), f"{out}: finetune", epoch, i, _kept(out, epoch))
+            except DivergenceError as e:
+                if main: _record_failure(out, e)
+                raise
             opt.step(); sched.step()
-            tot += loss.item() * len(idx); seen += len(idx)
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen * info.world / (time.perf_counter() - t0):.1f}")
+            tot += lv * len(idx); seen += len(idx)
+            bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{seen * info.world / (time.perf_counter() - t0):.1f}")
         secs = time.perf_counter() - t0
         row = dict(epoch=epoch + 1, loss=_mean_over_ranks(tot / max(seen, 1), info), lr=opt.param_groups[0]['lr'],
                    seconds=round(secs, 3), images_per_s=round(seen * info.world / max(secs, 1e-9), 2), val_dice=None)
@@ -619,12 +799,12 @@ def _finetune(cfg, resume, stop_after, info):
             row.update({f'val_{c}': d for c, d in zip(('RV', 'MYO', 'LV'), per)})
             if row['val_dice'] > best['dice'] and main:
                 best = dict(epoch=epoch + 1, dice=row['val_dice'])
-                save_checkpoint(dict(format='glrp.train', kind='finetune-best', config=cfg.to_dict(), model_args=margs,
+                save_checkpoint(dict(format='glrp.train', kind='finetune-best', config=cfg.to_dict(), paths=run_paths(cfg, out), model_args=margs,
                                      model=model.state_dict(), epoch=epoch + 1, val_dice=row['val_dice']), out/'best.pt')
         log.append(row)
         rngs = _ranks_rng(gen, info)
         if main:
-            save_checkpoint(dict(format='glrp.train', kind='finetune', config=cfg.to_dict(), model_args=margs, model=model.state_dict(),
+            save_checkpoint(dict(format='glrp.train', kind='finetune', config=cfg.to_dict(), paths=run_paths(cfg, out), model_args=margs, model=model.state_dict(),
                                  optimizer=opt.state_dict(), scheduler=sched.state_dict(), epoch=epoch + 1, rng=rngs,
                                  sampler=dict(seed=cfg.seed, epoch=epoch + 1), log=log, best=best), out/'last.pt')
             write_log(log, out)
@@ -636,6 +816,33 @@ def _finetune(cfg, resume, stop_after, info):
 
 # %% ../nbs/06_train.ipynb #090929e8
 PREDICT_ROLES = ('test', 'val', 'train', 'labeled', 'all')
+
+def segmentation_model(ck:dict, # a checkpoint from `load_checkpoint`
+                       path, # its file, for messages
+                      ) -> UNet:
+    "The checkpoint's UNet with its weights; a `DataError` naming the file when `model_args` and weights disagree."
+    try: model = UNet(**{k: ck['model_args'][k] for k in ('f', 'depth', 'norm')})
+    except KeyError as e: raise DataError(path, f"model_args lacks {e}") from None
+    try: model.load_state_dict(ck['model'])
+    except RuntimeError as e: raise DataError(path, f"weights do not fit its model_args {ck['model_args']}: {str(e).splitlines()[0]}") from None
+    return model
+
+def read_crf_params(p) -> 'CRFParams':
+    "`CRFParams` from None (the defaults), a dict, a `CRFParams` or a JSON file; a `ConfigError` naming the file or the key otherwise."
+    from glrp.crf import CRFParams
+    if p is None or isinstance(p, CRFParams): return p or CRFParams()
+    src = 'crf_params'
+    if isinstance(p, (str, os.PathLike)):
+        src = str(p)
+        if not Path(p).is_file(): raise ConfigError(f"{p}: CRF parameter file not found")
+        try: p = json.loads(Path(p).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ConfigError(f"{src}: not JSON ({e})") from None
+    if not isinstance(p, dict): raise ConfigError(f"{src}: CRF parameters must be a JSON object, got {type(p).__name__}")
+    names = {f.name for f in fields(CRFParams)}
+    unknown = sorted(set(p) - names)
+    if unknown: raise ConfigError(f"{src}: unknown CRF parameter(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
+    try: return CRFParams.from_dict(p)
+    except (TypeError, ValueError) as e: raise ConfigError(f"{src}: {e}") from None
 
 def predict(checkpoint, # a fine-tuned checkpoint (best.pt or last.pt of glrp finetune)
             out, # folder for patientXXX_frameYY.nii.gz
@@ -656,24 +863,23 @@ def predict(checkpoint, # a fine-tuned checkpoint (best.pt or last.pt of glrp fi
     "Predict every volume of `role`; the written NIfTI paths (one per frame, native grid, original header)."
     if role not in PREDICT_ROLES: raise ValueError(f"role must be one of {PREDICT_ROLES}, not {role!r}")
     ck = load_checkpoint(checkpoint)
-    if 'model_args' not in ck or ck.get('kind', '').startswith('pretrain'):
+    if ck.get('kind', '').startswith('pretrain'):
         raise DataError(checkpoint, "not a fine-tuned segmentation checkpoint (glrp finetune's best.pt or last.pt)")
     cfg = FinetuneConfig.from_dict(ck['config'])
-    man_path = manifest or cfg.manifest
+    model = segmentation_model(ck, checkpoint)
+    if crf or crf_params is not None: crf_params = read_crf_params(crf_params)  # a bad file fails before any work
+    man_path = manifest or recorded_path(ck, 'manifest', checkpoint) or cfg.manifest
     m = read_manifest(man_path)
     fold = cfg.fold if fold is None else fold
-    cache = cache or cfg.cache or Path(man_path).parent/'cache'
-    ds = load_slices(m, fold, role, cfg.prep(), cache, data if data is not None else cfg.data, workers, labels=False)
+    cache = cache or recorded_path(ck, 'cache', checkpoint) or cfg.cache or Path(man_path).parent/'cache'
+    data = data if data is not None else (recorded_path(ck, 'data', checkpoint) or cfg.data)
+    ds = load_slices(m, fold, role, cfg.prep(), cache, data, workers, labels=False)
     dev = pick_device(device); fs = fast_settings(dev, fast)
-    model = UNet(**{k: ck['model_args'][k] for k in ('f', 'depth', 'norm')})
-    model.load_state_dict(ck['model']); model.to(dev)
+    model.to(dev)
     if fs['channels_last']: model = model.to(memory_format=torch.channels_last)
     probs = predict_probs(model, ds, dev, fs, batch)
     if crf:
-        from glrp.crf import CRFParams, crf_refine
-        if crf_params is None: crf_params = CRFParams()
-        elif isinstance(crf_params, (str, os.PathLike)): crf_params = CRFParams.from_dict(json.loads(Path(crf_params).read_text()))
-        elif isinstance(crf_params, dict): crf_params = CRFParams.from_dict(crf_params)
+        from glrp.crf import crf_refine
         probs, _ = crf_refine(probs, [c.image for c in ds.cases], crf_params, workers=workers or None)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -7,9 +7,10 @@ import numpy as np
 import nibabel as nib
 import pytest
 from conftest import write_dataset, rewrite
+import gzip
 from glrp.data import (DataError, LayoutError, MissingFileError, InfoError, CorruptFileError, ShapeError, LabelError,
                        IntensityError, ACDC_LABELS, MNMS_LABELS, check_dataset, index_acdc, load_case, PrepParams,
-                       case_sources, cine_volumes, read_info)
+                       case_sources, cine_volumes, read_info, checked_index, load_volume, Source, GRID_TOL, MAX_VOXELS)
 
 
 @pytest.fixture(scope='module')
@@ -40,6 +41,30 @@ def set_info(path, drop=(), **kw):
     lines = {k.strip(): v.strip() for k, v in (l.split(':', 1) for l in path.read_text().splitlines() if ':' in l)}
     lines.update({k: str(v) for k, v in kw.items()})
     path.write_text(''.join(f'{k}: {v}\n' for k, v in lines.items() if k not in drop))
+
+
+def patch_header(path, field, values):
+    "Overwrite entries {index: value} of a header field of a .nii.gz as stored: nibabel's load-time fixes bypassed."
+    raw = gzip.decompress(path.read_bytes())
+    hdr = nib.Nifti1Header(raw[:348], check=False)
+    for i, v in values.items(): hdr[field][i] = v
+    path.write_bytes(gzip.compress(hdr.binaryblock + raw[348:]))
+
+
+def reaffine(path, fn):
+    "Rewrite a NIfTI file with affine `fn(affine)` (sform), keeping its voxels and voxel spacing."
+    img = nib.load(str(path))
+    aff = fn(img.affine.copy())
+    out = nib.Nifti1Image(np.asanyarray(img.dataobj), aff, img.header.copy())
+    out.header.set_sform(aff, code=2); out.header.set_qform(None, code=0)
+    out.header.set_zooms(img.header.get_zooms())
+    nib.save(out, str(path))
+    back = nib.load(str(path))
+    assert np.allclose(back.affine, aff) and back.header.get_zooms() == img.header.get_zooms()
+
+
+def add_info_line(path, line):
+    path.write_text(path.read_text() + line + '\n')
 
 
 def found(problems, root):
@@ -118,11 +143,72 @@ def _info_bad_value(r):
 def _empty_patient(r):
     d = patient(r); shutil.rmtree(d); d.mkdir(); return LayoutError, d
 
+def _zero_inplane_spacing(r):  # nibabel would read it as 1 mm and the frame would be resampled to the wrong size
+    img, lbl = frame_files(r); patch_header(img, 'pixdim', {1: 0.0}); return ShapeError, img
+
+def _zero_slice_spacing(r):
+    img, lbl = frame_files(r); patch_header(lbl, 'pixdim', {3: 0.0}); return ShapeError, lbl
+
+def _negative_spacing(r):  # nibabel would take its absolute value
+    img, lbl = frame_files(r, phase='ES'); patch_header(img, 'pixdim', {2: -1.5}); return ShapeError, img
+
+def _nan_spacing(r):
+    img, lbl = frame_files(r); patch_header(lbl, 'pixdim', {1: np.nan}); return ShapeError, lbl
+
+def _zero_cine_spacing(r):  # unlabeled: no label spacing to disagree with
+    p = next(p for p in index_acdc(r) if p.cine); patch_header(p.cine, 'pixdim', {2: 0.0}); return ShapeError, p.cine
+
+def _absurd_shape(r):
+    img, lbl = frame_files(r); patch_header(img, 'dim', {1: 32767, 2: 32767, 3: 32767}); return ShapeError, img
+
+def _more_voxels_than_the_file(r):
+    img, lbl = frame_files(r)
+    z = nib.load(str(img)).shape[2]
+    patch_header(lbl, 'dim', {3: 10 * z}); return CorruptFileError, lbl
+
+def _label_mirrored(r):
+    img, lbl = frame_files(r); reaffine(lbl, lambda a: a @ np.diag([-1., 1., 1., 1.])); return ShapeError, lbl
+
+def _label_shifted(r):
+    img, lbl = frame_files(r, phase='ES')
+    def f(a): a[:3, 3] += (0., 2.5, 0.); return a
+    reaffine(lbl, f); return ShapeError, lbl
+
+def _info_nan_height(r):
+    p = patient(r) / 'Info.cfg'; set_info(p, Height='nan'); return InfoError, p
+
+def _info_inf_weight(r):
+    p = patient(r) / 'Info.cfg'; set_info(p, Weight='inf'); return InfoError, p
+
+def _info_empty_group(r):
+    p = patient(r) / 'Info.cfg'; set_info(p, Group=''); return InfoError, p
+
+def _info_es_is_ed(r):
+    p = patient(r) / 'Info.cfg'; set_info(p, ES=read_info(p)['ED']); return InfoError, p
+
+def _info_duplicate_key(r):
+    p = patient(r) / 'Info.cfg'; add_info_line(p, 'NbFrame: 30'); return InfoError, p
+
 CASES = {'label missing': _label_missing, 'image missing': _image_missing, 'truncated gzip': _truncated,
          'truncated header': _truncated_header, 'not a nifti file': _not_nifti, 'nan and inf': _nan,
          '4D array as a frame': _four_d, 'label value 7': _label_seven, 'shape mismatch': _shape_mismatch,
          'spacing mismatch': _spacing_mismatch, 'constant image': _constant, 'Info.cfg key missing': _info_key,
-         'Info.cfg missing': _info_missing, 'Info.cfg bad value': _info_bad_value, 'empty patient folder': _empty_patient}
+         'Info.cfg missing': _info_missing, 'Info.cfg bad value': _info_bad_value, 'empty patient folder': _empty_patient,
+         'zero in-plane spacing': _zero_inplane_spacing, 'zero slice spacing': _zero_slice_spacing,
+         'negative spacing': _negative_spacing, 'NaN spacing': _nan_spacing, 'zero cine spacing': _zero_cine_spacing,
+         'absurd header shape': _absurd_shape,
+         'more voxels than the file holds': _more_voxels_than_the_file, 'label mirrored': _label_mirrored,
+         'label shifted': _label_shifted, 'Info.cfg NaN height': _info_nan_height, 'Info.cfg inf weight': _info_inf_weight,
+         'Info.cfg empty group': _info_empty_group, 'Info.cfg ES == ED': _info_es_is_ed,
+         'Info.cfg duplicate key': _info_duplicate_key}
+
+# what each message must say, beyond the file
+SAYS = {'zero in-plane spacing': 'voxel spacing (0.0, ', 'zero slice spacing': 'voxel spacing (', 'negative spacing': '-1.5',
+        'NaN spacing': 'voxel spacing (nan, ', 'zero cine spacing': 'voxel spacing (', 'absurd header shape': 'header claims shape (32767, 32767, 32767)',
+        'more voxels than the file holds': 'the file holds', 'label mirrored': 'label axis directions',
+        'label shifted': 'label origin', 'Info.cfg NaN height': "key 'Height' has non-finite value 'nan'",
+        'Info.cfg inf weight': "key 'Weight' has non-finite value 'inf'", 'Info.cfg empty group': "key 'Group' is empty",
+        'Info.cfg ES == ED': 'ED and ES are the same frame', 'Info.cfg duplicate key': "key 'NbFrame' appears more than once"}
 
 
 @pytest.mark.parametrize('case', list(CASES))
@@ -133,6 +219,9 @@ def test_each_problem_is_reported_with_its_file_and_type(ds, case):
     assert str(path) in str(problems[0])  # the message names the file
     e = loader_error(ds)  # the loaders raise the same error
     assert e is not None and (type(e), e.path) == (err, path), e
+    if case in SAYS: assert SAYS[case] in problems[0].msg and SAYS[case] in e.msg, (problems[0].msg, e.msg)
+    with pytest.raises(err, match=str(path)):  # and `glrp partition` refuses the dataset with it
+        checked_index(ds)
 
 
 def test_messages_say_what_is_wrong(ds):
@@ -217,3 +306,52 @@ def test_label_map(ds, tmp_path):
 
 def test_real_acdc_is_clean(acdc_root):
     assert check_dataset(acdc_root / 'training') == []
+
+
+@pytest.mark.parametrize('i,value', [(1, 0.0), (2, 0.0), (3, 0.0), (1, -1.5), (3, np.nan), (2, np.inf)])
+def test_impossible_spacing_in_image_and_label(ds, i, value):
+    "The same impossible spacing in a frame and its label (so they agree with each other) is refused in both, naming each file."
+    img, lbl = frame_files(ds)
+    for f in (img, lbl): patch_header(f, 'pixdim', {i: value})
+    problems = check_dataset(ds)
+    assert found(problems, ds) == {('ShapeError', rel(ds, img)), ('ShapeError', rel(ds, lbl))}, [str(p) for p in problems]
+    assert all('voxel spacing' in p.msg and 'is not positive and finite' in p.msg for p in problems)
+    e = loader_error(ds)
+    assert (type(e), e.path) == (ShapeError, img), e
+    with pytest.raises(ShapeError, match='voxel spacing'): load_volume(Source(img, lbl))
+    with pytest.raises(ShapeError, match=str(img)): checked_index(ds)
+
+
+def test_spacing_is_read_as_stored_not_as_nibabel_fixes_it(ds):
+    "nibabel (this version) turns a zero pixdim into 1 mm and a negative one into its absolute value on load; the loader must not."
+    img, lbl = frame_files(ds)
+    z = nib.load(str(img)).header.get_zooms()
+    patch_header(img, 'pixdim', {1: 0.0, 2: -z[1]})
+    assert nib.load(str(img)).header.get_zooms()[:2] == (1.0, z[1])  # what a get_zooms() reader would have used
+    with pytest.raises(ShapeError, match=r'voxel spacing \(0\.0, -'): load_volume(Source(img))
+
+
+def test_affine_within_tolerance_is_clean(ds):
+    "Image and label affines that differ by less than `GRID_TOL` (glrp.metrics' tolerance) are on the same grid."
+    img, lbl = frame_files(ds)
+    def f(a): a[:3, 3] += GRID_TOL / 4; a[:3, :3] *= 1.5; return a  # a tiny shift; the affine's scale is not the spacing
+    reaffine(lbl, f)
+    assert check_dataset(ds) == [] and loader_error(ds) is None
+
+
+def test_header_limit_is_checked_before_decoding(ds):
+    "A header claiming more than MAX_VOXELS voxels is refused from the header alone (index and loader), before any allocation."
+    img, lbl = frame_files(ds)
+    patch_header(img, 'dim', {1: 2 ** 10, 2: 2 ** 10, 3: 2 ** 8 + 1})  # MAX_VOXELS + 2**20 voxels
+    with pytest.raises(ShapeError, match='more than MAX_VOXELS'): index_acdc(ds)
+    (p,) = check_dataset(ds)
+    assert (type(p), p.path) == (ShapeError, img) and f'{MAX_VOXELS:,}' in p.msg and '269,484,032 voxels' in p.msg
+
+
+def test_checked_index(clean, ds):
+    assert [p.id for p in checked_index(clean)] == [p.id for p in index_acdc(clean)]
+    _label_seven(ds); _info_es_is_ed(ds)  # two problems
+    problems = check_dataset(ds)
+    with pytest.raises(DataError) as e: checked_index(ds)
+    assert (type(e.value), e.value.path) == (type(problems[0]), problems[0].path)
+    assert str(e.value).endswith('(and 1 more problem(s): check-data lists them all)')

@@ -9,7 +9,7 @@ from glrp.data import (DataError, MissingFileError, CorruptFileError, ShapeError
                        ACDC_LABELS, MNMS_LABELS, CLASSES, PrepParams, PrepMeta, Source, Case, index_acdc, read_patient,
                        load_nifti, load_image, load_label, load_volume, preprocess, restore, save_nifti_like,
                        cine_volumes, cine_sources, load_case, cache_path, preprocess_dataset, case_sources,
-                       resize_inplane, resize_labels, one_hot, argmax0, prep_geometry)
+                       resize_inplane, resize_labels, one_hot, argmax0, prep_geometry, nifti_header)
 from conftest import write_dataset, rewrite
 
 
@@ -59,6 +59,37 @@ def test_truncated_gzip_is_corrupt_not_eof(pats, tmp_path):
     for n in (len(raw) - 1, len(raw) - 10, len(raw) // 3, 200, 10):
         f.write_bytes(raw[:n])
         with pytest.raises(CorruptFileError, match='x.nii.gz'): load_image(f)
+
+
+def test_uncompressed_nifti_shorter_than_its_header(pats, tmp_path):
+    "A .nii holding fewer voxel bytes than its header claims is refused before decoding, naming the file."
+    import gzip
+    raw = gzip.decompress(pats[0].frames[0].image.read_bytes())
+    (tmp_path / 'ok.nii').write_bytes(raw)
+    assert np.array_equal(load_image(tmp_path / 'ok.nii')[0], load_image(pats[0].frames[0].image)[0])
+    (tmp_path / 'short.nii').write_bytes(raw[:-100])
+    with pytest.raises(CorruptFileError, match=r'short.nii: header claims .* the file holds'): load_image(tmp_path / 'short.nii')
+
+
+def _old_spacing(path):
+    "The spacing as glrp read it before it took the header as stored: nibabel's get_zooms(), rounded."
+    return tuple(round(float(z), 6) for z in nib.load(str(path)).header.get_zooms()[:3])
+
+
+def test_clean_spacing_and_shape_unchanged(data):
+    "On clean files the header as stored gives exactly what nibabel's (fixed-up) header gave."
+    for f in sorted(data.rglob('*.nii.gz')):
+        shape, zooms = nifti_header(f)
+        assert shape == nib.load(str(f)).shape and zooms[:3] == _old_spacing(f)
+        assert load_nifti(f, len(shape))[1] == _old_spacing(f)
+
+
+def test_clean_spacing_and_shape_unchanged_on_acdc(acdc_root):
+    files = sorted((acdc_root / 'training').rglob('*.nii.gz'))
+    assert len(files) == 401
+    for f in files:
+        shape, zooms = nifti_header(f)
+        assert shape == nib.load(str(f)).shape and zooms[:3] == _old_spacing(f), f
 
 
 def test_index_and_loaders_raise_typed_errors(data, tmp_path):

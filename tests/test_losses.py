@@ -69,6 +69,17 @@ def test_core_equals_supcon_with_01_weights(T):
     Wl = (lab[:, None] == lab[None]).float()
     assert contrastive_loss(feats, Wl, T=T).item() == pytest.approx(supcon_loop(feats, Wl > 0, T, base_T=T), rel=1e-5, abs=1e-5)
 
+@pytest.mark.parametrize('base_T', [0.07, 0.1, 0.2])
+def test_pcl_protocol_loss_equals_supcon_with_its_scale(base_T):
+    "PCL's SupConLoss keeps base_temperature = 0.07 while T = 0.1: the core reproduces it, factor T / base_T included (fp64)."
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(12, 2, 16, generator=g, dtype=torch.float64)
+    p = torch.tensor([(i % 7 + 1) / 7 for i in range(12)], dtype=torch.float64)  # PCL's positions of Z = 7
+    W = pcl_weights(p, 0.35)
+    got = contrastive_loss(feats, W, T=0.1, base_temperature=base_T).item()
+    assert abs(got - supcon_loop(feats, W > 0, 0.1, base_T=base_T)) < 1e-10
+    assert abs(got / contrastive_loss(feats, W, T=0.1).item() - 0.1 / base_T) < 1e-12
+
 def test_identity_weights_is_ntxent():
     feats = torch.randn(6, 2, 8, generator=torch.Generator().manual_seed(2))
     for T in (0.1, 0.3):

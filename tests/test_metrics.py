@@ -1,14 +1,15 @@
-"Tests of glrp.metrics: hand-computed cases, folder evaluation on a tiny ACDC-layout dataset, and real ACDC (skipped when absent)."
+"Tests of glrp.metrics: hand-computed cases, independent references (brute force, medpy), the penalty for missed structures, folder evaluation on a tiny ACDC-layout dataset, and real ACDC (skipped when absent)."
 import math, json, os, warnings
 from pathlib import Path
 import numpy as np
 import nibabel as nib
 import pytest
 from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
 from glrp.data import ShapeError, LabelError, MissingFileError, LayoutError, index_acdc
 from glrp.metrics import (class_counts, dice_from_counts, surface, surface_distances, binary_metrics, volume_metrics,
-                          acdc_summary, pcl_summary, summarize, evaluate_folder, find_predictions,
-                          grid_mismatch, CSV_COLUMNS)
+                          acdc_summary, pcl_summary, summarize, evaluate_folder, find_predictions, empty_counts,
+                          grid_mismatch, fov_diagonal, empty_penalty, records_csv, summary_markdown, CSV_COLUMNS, METRICS)
 
 def cube(lo, hi, shape=(8, 8, 10)):
     m = np.zeros(shape, bool); m[tuple(slice(l, h) for l, h in zip(lo, hi))] = True; return m
@@ -44,16 +45,25 @@ def test_single_voxel():
     assert c['hd'] == pytest.approx(math.sqrt(3))
     assert c['assd'] == pytest.approx((1 + (6 + 12*math.sqrt(2) + 8*math.sqrt(3))/26)/2)
 
+DISTANCES = ('hd95', 'assd', 'assd_pooled', 'hd')
+
 def test_empty_structures():
     a, e = cube((2, 2, 2), (6, 6, 6)), np.zeros((8, 8, 10), bool)
     both = binary_metrics(e, e, (1, 1, 10))
-    assert all(math.isnan(both[k]) for k in ('dice', 'hd95', 'assd', 'hd'))
-    for p, g in ((a, e), (e, a)):
+    assert all(math.isnan(both[k]) for k in METRICS) and both['empty'] == ''
+    diag = math.sqrt(8**2 + 8**2 + (10*10)**2)  # the (8, 8, 10) grid at (1, 1, 10) mm
+    for p, g, case in ((a, e, 'hallucinated'), (e, a, 'missed')):
         m = binary_metrics(p, g, (1, 1, 10))
-        assert m['dice'] == 0 and math.isnan(m['hd95']) and math.isnan(m['assd'])
+        assert m['dice'] == 0 and m['empty'] == case
+        assert all(m[k] == pytest.approx(diag, abs=1e-9) for k in DISTANCES)
+        old = binary_metrics(p, g, (1, 1, 10), empty_distance='nan')  # the convention before the penalty
+        assert all(math.isnan(old[k]) for k in DISTANCES) and old['empty'] == case
         assert binary_metrics(p, g, (1, 1, 10), empty_distance=123.)['assd'] == 123.
-    assert math.isnan(binary_metrics(e, e, (1, 1, 10), empty_distance=123.)['hd95'])
+        assert math.isnan(binary_metrics(p, g, (1, 1, 10), empty_distance=np.nan)['hd'])  # the old default value still works
+    for opt in ('fov', 'nan', 123.): assert math.isnan(binary_metrics(e, e, (1, 1, 10), empty_distance=opt)['hd95'])
     assert math.isnan(dice_from_counts(0, 0, 0))
+    for bad in ('max', 'FOV', -1, None, True, '5'):
+        with pytest.raises(ValueError, match='empty_distance must be'): binary_metrics(a, e, (1, 1, 10), empty_distance=bad)
 
 def test_symmetry_and_identity():
     rng = np.random.default_rng(1)
@@ -78,6 +88,123 @@ def test_crop_matches_full_grid():
 def test_surface_counts_array_border_as_outside():
     m = np.ones((3, 3, 3), bool)
     assert surface(m).sum() == 26  # only the centre is interior
+
+# ---------------------------------------------------------------- independent references
+ACDC_SPACING = (1.3, 1.3, 8.0)
+
+def random_pairs(n=10, shape=(30, 28, 8), seed=7):
+    "Pairs of random non-empty blob masks of different sizes (several touch the array's border)."
+    rng, out = np.random.default_rng(seed), []
+    while len(out) < n:
+        x, y = [ndi.binary_dilation(rng.random(shape) > q, iterations=int(rng.integers(1, 3))) for q in (0.995, 0.985)]
+        if x.any() and y.any(): out.append((x, y))
+    return out
+
+def brute_surface(m):
+    "Voxels of `m` with a face-neighbour outside it, by explicit shifts of the zero-padded mask (no morphology)."
+    p, inner = np.pad(m, 1), np.ones_like(m)
+    core = tuple(slice(1, -1) for _ in range(m.ndim))
+    for ax in range(m.ndim):
+        for step in (-1, 1): inner &= np.roll(p, step, axis=ax)[core]
+    return m & ~inner
+
+def brute_distances(a, b, spacing):
+    "Nearest-neighbour distances in mm between the surface voxel coordinates, a->b and b->a (k-d tree)."
+    pa, pb = np.argwhere(brute_surface(a))*np.asarray(spacing), np.argwhere(brute_surface(b))*np.asarray(spacing)
+    return cKDTree(pb).query(pa)[0], cKDTree(pa).query(pb)[0]
+
+def test_against_brute_force():
+    gaps = []
+    for x, y in random_pairs():
+        m = binary_metrics(x, y, ACDC_SPACING)
+        dxy, dyx = brute_distances(x, y, ACDC_SPACING)
+        both = np.concatenate([dxy, dyx])
+        assert m['dice'] == pytest.approx(2*np.sum(x & y)/(x.sum() + y.sum()), abs=1e-12)
+        assert m['hd95'] == pytest.approx(np.percentile(both, 95), abs=1e-6)
+        assert m['assd'] == pytest.approx((dxy.mean() + dyx.mean())/2, abs=1e-6)
+        assert m['assd_pooled'] == pytest.approx(both.mean(), abs=1e-6)
+        assert m['hd'] == pytest.approx(both.max(), abs=1e-6)
+        gaps.append(abs(m['assd'] - m['assd_pooled']))
+    assert max(gaps) > 0.05  # the surfaces differ in size, so the two ASSD forms are told apart
+
+def test_against_medpy():
+    mb = pytest.importorskip('medpy.metric.binary', reason='medpy not installed (a dev requirement: the test oracle)')
+    from importlib.metadata import version
+    v = tuple(int(x) for x in __import__('re').findall(r'\d+', version('medpy'))[:3])
+    # medpy's assd: mean of the two directed means up to 0.4.0, both sets pooled in 0.5.2 (0.5.0/0.5.1: only equal-size surfaces)
+    medpy_assd = 'assd_pooled' if v >= (0, 5, 2) else 'assd' if v < (0, 5) else None
+    kw = dict(voxelspacing=ACDC_SPACING, connectivity=1)
+    for x, y in random_pairs(seed=11):
+        m = binary_metrics(x, y, ACDC_SPACING)
+        assert m['dice'] == pytest.approx(mb.dc(x, y), abs=1e-12)
+        assert m['hd95'] == pytest.approx(mb.hd95(x, y, **kw), abs=1e-6)
+        assert m['hd'] == pytest.approx(mb.hd(x, y, **kw), abs=1e-6)
+        assert m['assd'] == pytest.approx((mb.asd(x, y, **kw) + mb.asd(y, x, **kw))/2, abs=1e-6)
+        if medpy_assd: assert m[medpy_assd] == pytest.approx(mb.assd(x, y, **kw), abs=1e-6)
+
+# ---------------------------------------------------------------- missed and hallucinated structures
+SP3, SHAPE3 = (1.3, 1.3, 8.0), (40, 36, 9)
+
+def labels3():
+    "Ground truth with RV and LV; a prediction that misses the RV, hallucinates a MYO in a corner and has the LV right."
+    g = np.zeros(SHAPE3, np.uint8); g[10:20, 10:20, 3:6] = 1; g[12:18, 22:26, 3:6] = 3
+    p = np.zeros_like(g); p[12:18, 22:26, 3:6] = 3; p[30:33, 2:5, 7] = 2
+    return p, g
+
+def test_fov_penalty_is_the_whole_volumes_diagonal():
+    p, g = labels3()
+    diag = math.sqrt((40*1.3)**2 + (36*1.3)**2 + (9*8.0)**2)
+    assert fov_diagonal(SHAPE3, SP3) == pytest.approx(diag) and empty_penalty('fov', SHAPE3, SP3) == pytest.approx(diag)
+    rv, myo, lv = volume_metrics(p, g, SP3, name='v')  # measured inside a crop, penalised on the whole volume
+    assert (rv['empty'], myo['empty'], lv['empty']) == ('missed', 'hallucinated', '')
+    for r in (rv, myo):
+        assert r['dice'] == 0 and all(r[k] == pytest.approx(diag, abs=1e-9) for k in DISTANCES)
+    assert lv['dice'] == 1 and all(lv[k] == 0 for k in DISTANCES)
+    # more than any distance in the volume: two voxels in opposite corners are less far apart
+    c1, c2 = np.zeros(SHAPE3, bool), np.zeros(SHAPE3, bool); c1[0, 0, 0] = c2[-1, -1, -1] = True
+    assert binary_metrics(c1, c2, SP3)['hd'] < diag
+    old = volume_metrics(p, g, SP3, empty_distance='nan')
+    assert [r['empty'] for r in old] == ['missed', 'hallucinated', ''] and all(math.isnan(old[i][k]) for i in (0, 1) for k in DISTANCES)
+    assert volume_metrics(p, g, SP3, empty_distance=300)[0]['hd'] == 300
+    with pytest.raises(ValueError, match='empty_distance'): volume_metrics(p, g, SP3, empty_distance='max')
+
+def test_summaries_count_missed_and_hallucinated():
+    p, g = labels3()
+    diag = fov_diagonal(SHAPE3, SP3)
+    def recs(opt='fov'):
+        return (volume_metrics(p, g, SP3, name='a', phase='ED', empty_distance=opt)  # RV missed, MYO hallucinated
+                + volume_metrics(g, g, SP3, name='b', phase='ES', empty_distance=opt)  # exact
+                + volume_metrics(np.zeros_like(g), g, SP3, name='c', phase='ES', empty_distance=opt))  # RV and LV missed
+    s = summarize(recs())
+    want = dict(ED=dict(RV=(1, 0), MYO=(0, 1), LV=(0, 0), total=(1, 1)), ES=dict(RV=(1, 0), MYO=(0, 0), LV=(1, 0), total=(2, 0)),
+                all=dict(RV=(2, 0), MYO=(0, 1), LV=(1, 0), total=(3, 1)))
+    want = {ph: {c: dict(missed=m, hallucinated=h) for c, (m, h) in row.items()} for ph, row in want.items()}
+    assert s['empty'] == want == empty_counts(recs())
+    for ph, row in want.items():
+        for c, cnt in row.items():
+            for m in METRICS:  # every stats entry carries the counts; the 'mean' row the totals
+                st = s['acdc'][ph]['mean' if c == 'total' else c][m]
+                assert (st['missed'], st['hallucinated']) == (cnt['missed'], cnt['hallucinated'])
+    assert s['acdc']['all']['RV']['hd95']['n'] == 3 and s['acdc']['all']['RV']['hd95']['mean'] == pytest.approx(2*diag/3)
+    assert s['acdc']['all']['LV']['hd95']['n'] == 3 and s['acdc']['all']['LV']['hd95']['mean'] == pytest.approx(diag/3)
+    assert s['empty_distance'] == 'fov' and 'field of view' in s['conventions']['distances']
+    assert set(s['pcl']['all']) == {'RV', 'MYO', 'LV', 'mean'}  # the pooled Dice keys are unchanged
+    # the old convention: the misses leave the distance means (a perfect LV HD95 over 2 volumes), still counted
+    o = summarize(recs('nan'), empty_distance='nan')
+    assert o['acdc']['all']['LV']['hd95']['n'] == 2 and o['acdc']['all']['LV']['hd95']['mean'] == 0
+    assert o['acdc']['all']['RV']['hd95']['n'] == 1 and o['acdc']['all']['RV']['hd95']['mean'] == 0  # 2 of 3 RVs missed, mean 0 mm
+    assert o['empty'] == want and o['acdc']['all']['LV']['hd95']['missed'] == 1 and 'left out' in o['conventions']['distances']
+    with pytest.raises(ValueError, match="not computed with empty_distance='nan'"): summarize(recs(), empty_distance='nan')
+    with pytest.raises(ValueError, match="not computed with empty_distance='fov'"): summarize(recs('nan'))
+    csv = records_csv(recs()).splitlines()
+    assert csv[0].split(',')[-2:] == ['missing', 'empty'] and 'assd_pooled' in csv[0].split(',')
+    assert [row.split(',')[-1] for row in csv[1:]] == ['missed', 'hallucinated', '', '', '', '', 'missed', '', 'missed']
+    md = summary_markdown(s)
+    assert '| missed / halluc. |' in md.splitlines()[0] and 'ASSD pooled (mm)' in md.splitlines()[0]
+    assert '| ED | RV | 1 |' in md and md.split('| ED | MYO |')[1].splitlines()[0].endswith('| 0 / 1 |')
+    assert md.split('| all | mean |')[1].splitlines()[0].endswith('| 3 / 1 |')
+    assert "3 missed, 1 hallucinated" in md and "empty_distance='fov'" in md
+    assert "NaN, left out of the means (empty_distance='nan')" in summary_markdown(o)
 
 def test_volume_metrics_and_labels():
     g = np.zeros((8, 8, 10), np.uint8); g[cube((2, 2, 2), (6, 6, 6))] = 3
@@ -179,10 +306,21 @@ def test_missing_predictions(toy):
         res = evaluate_folder(toy/'pred', toy/'gt', missing='empty', out_dir=toy/'out')
     assert res['missing'] == ['patient001_frame01', 'patient002_frame03']
     flagged = [r for r in res['records'] if r['missing']]
-    assert len(flagged) == 6 and all(r['dice'] == 0 and math.isnan(r['hd95']) for r in flagged)
+    diag = fov_diagonal(SHAPE, SPACING)
+    assert len(flagged) == 6 and all(r['dice'] == 0 and r['empty'] == 'missed' and r['hd95'] == pytest.approx(diag) for r in flagged)
     assert res['acdc']['all']['LV']['dice']['mean'] == pytest.approx(0.5)
-    assert res['acdc']['all']['LV']['hd95']['n'] == 2
-    assert 'patient001_frame01' in (toy/'out'/'summary.md').read_text()
+    lv = res['acdc']['all']['LV']['hd95']
+    assert lv['n'] == 4 and lv['missed'] == 2 and lv['mean'] == pytest.approx(diag/2)
+    assert res['empty']['all']['total'] == dict(missed=6, hallucinated=0) and res['empty']['ED']['LV'] == dict(missed=1, hallucinated=0)
+    md = (toy/'out'/'summary.md').read_text()
+    assert 'patient001_frame01' in md and '6 missed, 0 hallucinated' in md
+    js = json.loads((toy/'out'/'summary.json').read_text())
+    assert js['empty_distance'] == 'fov' and js['acdc']['all']['LV']['hd95']['missed'] == 2
+    # the old convention: NaN, left out of the distance means, still counted
+    with pytest.warns(UserWarning, match='evaluated as empty'):
+        old = evaluate_folder(toy/'pred', toy/'gt', missing='empty', empty_distance='nan')
+    assert all(math.isnan(r['hd95']) for r in old['records'] if r['missing'])
+    assert old['acdc']['all']['LV']['hd95']['n'] == 2 and old['acdc']['all']['LV']['hd95']['missed'] == 2
 
 def test_extra_predictions(toy):
     write_preds(toy/'pred', names=NAMES + ['patient003_frame01'])

@@ -191,3 +191,31 @@ def test_committed_cpu_results():
     assert main_table_section((res/'RESULTS.md').read_text()) in readme
     files = [p for p in res.rglob('*') if p.is_file()]
     assert all(p.suffix in ('.json', '.csv', '.md') for p in files), files  # no images, no NIfTI, no figures
+
+
+def test_sigterm_stops_the_runner_and_its_children(tmp_path):
+    "SIGTERM to `glrp reproduce` (as a scheduler sends it): papermill and its kernel end too, the experiment has no result, exit 143 names it."
+    import signal, time
+    from glrp.reproduce import descendants
+    write_phantom(tmp_path/'data', n_patients=6, seed=3)
+    prof = dict(TINY, name='sig', methods=['glrp'], ablation=[], figures=False, f=8, size=[64, 64], spacing=2.5,
+                pretrain_epochs=300, local_epochs=300)  # minutes: long enough to be killed in the middle
+    (tmp_path/'sig.json').write_text(json.dumps(prof))
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    p = subprocess.Popen([sys.executable, '-m', 'glrp.cli', 'reproduce', '--profile', 'sig.json', '--data', 'data', '--out', 'out'],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    kids, t_end = [], time.time() + 240
+    while time.time() < t_end:  # wait for papermill and its kernel to run the notebook
+        kids = descendants(p.pid)
+        if len(kids) >= 2 and list((tmp_path/'out'/'work').glob('pretrain*/*/run.json')): break  # pretraining runs
+        time.sleep(0.5)
+    assert len(kids) >= 2, f"papermill and its kernel never started: {kids}"
+    time.sleep(2)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, (p.returncode, err[-2000:])
+    assert 'interrupted by SIGTERM' in err and 'main_table/glrp-M2-fold0' in err, err
+    time.sleep(0.5)
+    alive = [k for k in kids if os.path.exists(f'/proc/{k}') and 'zombie' not in open(f'/proc/{k}/status').read().lower()]
+    assert not alive, f"children still running after SIGTERM: {alive}"
+    assert not list((tmp_path/'out').glob('main_table/*/result.json'))
