@@ -20,6 +20,7 @@ help:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# [dev] includes [repro] (papermill, kernel, matplotlib: what `make reproduce` needs) and the test tools.
 $(VENV)/.installed: $(BIN)/python settings.ini setup.py
 	$(BIN)/python -m pip install -q $(PIP_EXTRA) "$(TORCH)"
 	$(BIN)/python -m pip install -q $(PIP_EXTRA) -e ".[dev]"
@@ -28,7 +29,7 @@ $(VENV)/.installed: $(BIN)/python settings.ini setup.py
 venv: $(VENV)/.installed
 
 # The smoke profile: phantom, six methods with and without CRF, the ablation, the figures; $(RUN)/RESULTS.md.
-# Real data: $(BIN)/glrp reproduce --profile cpu --data ../shared/acdc   (see README)
+# Real data: $(BIN)/glrp reproduce --profile cpu --data PATH/TO/ACDC   (the folder holding training/; see README)
 reproduce: venv
 	$(BIN)/glrp reproduce --profile smoke --out $(RUN)
 	@echo "== $(RUN)/RESULTS.md =="
@@ -37,8 +38,8 @@ reproduce: venv
 test: venv
 	@echo "== notebooks are clean (nbdev_clean) =="
 	$(BIN)/nbdev_clean
-	$(BIN)/nbdev_clean --fname nbs/repro
-	git diff --exit-code --stat -- nbs || { echo "Notebooks are not clean: run nbdev_clean and commit."; exit 1; }
+	$(BIN)/nbdev_clean --fname glrp/repro
+	git diff --exit-code --stat -- nbs glrp/repro || { echo "Notebooks are not clean: run nbdev_clean and commit."; exit 1; }
 	@echo "== glrp/ equals a fresh nbdev_export =="
 	$(BIN)/nbdev_export
 	git diff --exit-code --stat -- glrp || { echo "glrp/ differs from nbdev_export of nbs/: edit the notebooks, not glrp/*.py."; exit 1; }

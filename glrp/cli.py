@@ -12,7 +12,7 @@ from .data import DataError, index_acdc, check_dataset, checked_index
 from .synthetic import write_phantom
 from .partition import make_manifest, write_manifest, manifest_summary
 from .metrics import evaluate_folder, summary_markdown
-from .train import PretrainConfig, FinetuneConfig, PREDICT_ROLES, field_help, pretrain, finetune, predict, DivergenceError
+from .train import PretrainConfig, FinetuneConfig, PREDICT_ROLES, field_help, pretrain, finetune, predict, DivergenceError, export_model
 
 # %% auto #0
 __all__ = ['LABEL_MAPS', 'cmd_synth', 'cmd_check_data', 'cmd_partition', 'cmd_evaluate', 'cmd_pretrain', 'cmd_finetune',
@@ -73,14 +73,39 @@ def cmd_finetune(args) -> int:
     cfg = config_from_args(FinetuneConfig, args)
     res = finetune(cfg, resume=args.resume, stop_after=args.stop_after)
     print(f"finetune: best epoch {res['best_epoch']} (val Dice {res['best_dice']:.4f}); checkpoints {res['out']}/best.pt, last.pt")
+    if res['log'] and res['log'][-1]['epoch'] == cfg.epochs and os.environ.get('RANK', '0') == '0':
+        print(f"model folder (glrp predict MODEL -i INPUT -o OUTPUT): {export_model(Path(res['out'])/'best.pt', Path(res['out'])/'model')}")
     return 0
 
 def cmd_predict(args) -> int:
-    "Predict a role's volumes of a fold with a fine-tuned checkpoint; one NIfTI label volume per frame."
-    paths = predict(args.checkpoint, args.out, role=args.role, fold=args.fold, manifest=args.manifest, data=args.data,
-                    cache=args.cache, crf=args.crf, crf_params=args.crf_params, save_probs=args.save_probs, device=args.device,
-                    fast=args.fast, batch=args.batch, workers=args.workers, progress=not args.no_progress)
-    print(f"predict: wrote {len(paths)} volume(s) to {args.out}")
+    "Segment scans with a model folder (-i INPUT -o OUTPUT), or predict a role of a fold with a fine-tuned checkpoint (the reproduction)."
+    import warnings
+    from glrp.segment import predict_mode, segment, OUTPUT_LABELS
+    get = lambda name, default=None: default if getattr(args, name, None) is None else getattr(args, name)
+    given = lambda *names: [f"--{n.replace('_', '-')}" for n in names if getattr(args, n, None) is not None]
+    if predict_mode(args.model, args.input) == 'checkpoint':
+        other = given('labels', 'split_frames', 'fov', 'overlap') + (['--no-crf'] if args.crf is False else [])
+        if other: raise ValueError(f"{', '.join(other)}: only with a model folder and -i INPUT, not with a checkpoint file")
+        paths = predict(args.model, args.out, role=get('role', 'test'), fold=get('fold'), manifest=get('manifest'), data=get('data'),
+                        cache=get('cache'), crf=bool(args.crf), crf_params=args.crf_params, save_probs=args.save_probs, device=args.device,
+                        fast=args.fast, batch=args.batch, workers=args.workers, progress=not args.no_progress)
+        print(f"predict: wrote {len(paths)} volume(s) to {args.out}")
+        return 0
+    other = given('role', 'fold', 'manifest', 'data', 'cache')
+    if other: raise ValueError(f"{', '.join(other)}: only with a checkpoint file (the reproduction's form), not with a model folder and -i")
+    labels = get('labels', 'acdc')
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always')
+        res = segment(args.model, args.input, args.out, crf=args.crf, crf_params=args.crf_params, labels=labels, fov=get('fov', 'heart'),
+                      split_frames=get('split_frames', False), save_probs=args.save_probs, overlap=get('overlap', 0.5), device=args.device,
+                      fast=args.fast, batch=args.batch, workers=args.workers, progress=not args.no_progress)
+    for w in ws: print(f"warning: {w.message}", file=sys.stderr)
+    values = ', '.join(f"{v} {s}" for v, s in sorted(OUTPUT_LABELS[labels].items()))
+    print(f"predict: wrote {len(res.written)} label file(s) to {args.out} (labels {labels}: {values})")
+    for e in res.failed: print(f"glrp predict: error: {e}", file=sys.stderr)
+    if res.failed or not res.written:
+        print(f"glrp predict: {len(res.failed)} input(s) failed, listed above; {len(res.written)} label file(s) written", file=sys.stderr)
+        return 2
     return 0
 def cmd_reproduce(args) -> int:
     "Run a reproduction profile's experiment notebooks; assemble results.csv and RESULTS.md; exit 1 naming failed experiments."
@@ -197,20 +222,38 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument('--stop-after', type=int, default=None, help='stop after this many epochs of this call (resume later)')
         s.set_defaults(func=fn)
 
-    s = sub.add_parser('predict', help='predict a role of a fold with a fine-tuned checkpoint; NIfTI per frame', formatter_class=fmt)
-    s.add_argument('checkpoint', type=Path, help="best.pt or last.pt of glrp finetune")
-    s.add_argument('--out', type=Path, required=True, help='folder for patientXXX_frameYY.nii.gz')
-    s.add_argument('--role', choices=PREDICT_ROLES, default='test', help='which volumes of the fold (all: every labeled volume)')
-    s.add_argument('--fold', type=int, default=None, help="fold (default: the checkpoint's)")
-    s.add_argument('--manifest', type=Path, default=None, help="manifest (default: the checkpoint's)")
-    s.add_argument('--data', type=Path, default=None, help="dataset root (default: the checkpoint's, else the manifest's)")
-    s.add_argument('--cache', type=Path, default=None, help='preprocessed cache (default: cache/ beside the manifest)')
-    s.add_argument('--crf', action='store_true', help='refine the probabilities with the dense CRF')
-    s.add_argument('--crf-params', type=Path, default=None, help='CRFParams JSON (e.g. tuned on validation); default: CRFParams()')
-    s.add_argument('--save-probs', action='store_true', help='also write probs/NAME.npz (network-grid probabilities)')
+    s = sub.add_parser('predict', help='segment scans with a model folder (-i INPUT -o OUTPUT); or predict a fold with a checkpoint (reproduction)',
+                       formatter_class=fmt, description="Two forms. MODEL -i INPUT... -o OUTPUT: segment .nii/.nii.gz scans (files, "
+                       "plain folders, ACDC-layout folders) with a model folder; one label file per input, same name, native grid and header. "
+                       "CHECKPOINT --out OUT [--role ...]: the reproduction's prediction of a manifest's fold with a fine-tuned checkpoint.")
+    from glrp.segment import FOVS, OUTPUT_LABELS
+    S = argparse.SUPPRESS  # options of one form only: absent unless given, so that the other form can refuse them
+    s.add_argument('model', type=Path, metavar='MODEL', help="a model folder (OUT/model of glrp finetune) with -i; "
+                   "or a fine-tuned checkpoint (best.pt, last.pt) for the reproduction's form")
+    s.add_argument('-i', '--input', type=Path, nargs='+', action='extend', default=None,
+                   help='scans to segment: .nii/.nii.gz files, plain folders of them, ACDC-layout folders (several, or -i again)')
+    s.add_argument('-o', '--out', '--output', dest='out', type=Path, required=True,
+                   help='output folder: one label file per input, under its name (checkpoint: patientXXX_frameYY.nii.gz)')
+    s.add_argument('--crf', action=argparse.BooleanOptionalAction, default=None,
+                   help='dense CRF on or off (default: on when the model folder holds tuned CRF parameters; off with a checkpoint)')
+    s.add_argument('--crf-params', type=Path, default=None, help="CRFParams JSON replacing the model's tuned ones (default: those, else CRFParams())")
+    s.add_argument('--labels', choices=sorted(OUTPUT_LABELS), default=S,
+                   help='output label values: acdc 1 RV, 2 MYO, 3 LV; mnms 1 LV, 2 MYO, 3 RV (model folder; default: acdc)')
+    s.add_argument('--split-frames', action='store_true', default=S,
+                   help='a 4D cine gives one 3D label file per frame, NAME_tTT (model folder; default: one 4D label file)')
+    s.add_argument('--fov', choices=FOVS, default=S, help="scans larger than the model's field of view: heart (find it with a sliding window, "
+                   "then segment it centred), window (sliding window only), centre (the training centre crop) (model folder; default: heart)")
+    s.add_argument('--overlap', type=float, default=S, help='overlap of neighbouring sliding-window tiles, fraction of a tile (model folder; default: 0.5)')
+    s.add_argument('--save-probs', action='store_true',
+                   help='also write probs/NAME.npz (model folder: native-grid probabilities, channel = label value; checkpoint: network grid)')
+    s.add_argument('--role', choices=PREDICT_ROLES, default=S, help='which volumes of the fold (checkpoint; default: test; all: every labeled volume)')
+    s.add_argument('--fold', type=int, default=S, help="fold (checkpoint; default: the checkpoint's)")
+    s.add_argument('--manifest', type=Path, default=S, help="manifest (checkpoint; default: the checkpoint's)")
+    s.add_argument('--data', type=Path, default=S, help="dataset root (checkpoint; default: the checkpoint's, else the manifest's)")
+    s.add_argument('--cache', type=Path, default=S, help='preprocessed cache (checkpoint; default: cache/ beside the manifest)')
     s.add_argument('--device', default='auto', help='cpu, cuda or auto')
     s.add_argument('--fast', action=argparse.BooleanOptionalAction, default=True, help='channels_last + bf16 autocast where supported')
-    s.add_argument('--batch', type=int, default=16, help='slices per forward pass')
+    s.add_argument('--batch', type=int, default=16, help='slices (checkpoint) or tiles (model folder) per forward pass')
     s.add_argument('--workers', type=int, default=0, help='processes for the cache and the CRF; 0: all cores')
     s.add_argument('--no-progress', action='store_true', help='no progress bar')
     s.set_defaults(func=cmd_predict)
@@ -222,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--out', type=Path, default=None, help='output folder (default: runs/PROFILE)')
     s.add_argument('--jobs', type=int, default=1, help='experiments at once (one GPU each when there are several)')
     s.add_argument('--force', action='store_true', help='rerun experiments that already have a result with the same parameters')
-    s.add_argument('--notebooks', type=Path, default=None, help='folder of main_table/ablation/figures.ipynb (default: nbs/repro of this checkout)')
+    s.add_argument('--notebooks', type=Path, default=None, help='folder of main_table/ablation/figures.ipynb (default: the notebooks installed with glrp, glrp/repro/)')
     s.add_argument('--device', default='auto', help='cpu, cuda or auto')
     s.add_argument('--only', nargs='+', choices=['main_table', 'ablation', 'figures'], default=None, help='run only these notebooks')
     s.set_defaults(func=cmd_reproduce)

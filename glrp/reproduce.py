@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_reproduce.ipynb #5283a70c
 from __future__ import annotations
-import csv, fcntl, hashlib, io, json, math, os, shutil, signal, subprocess, sys, threading, time, warnings
+import csv, fcntl, hashlib, importlib.resources, importlib.util, io, json, math, os, shutil, signal, subprocess, sys, threading, time, warnings
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -14,20 +14,21 @@ import numpy as np
 import glrp
 from .data import DataError, index_acdc, data_hash, provenance, atomic_path
 from .synthetic import write_phantom
-from .partition import make_manifest, write_manifest, read_manifest, manifest_root, FORMAT_VERSION
+from .partition import make_manifest, write_manifest, read_manifest, manifest_root, portable_root, resolve_root, FORMAT_VERSION
 from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, pretrain, pretrain_phases, finetune, predict,
                         load_checkpoint, load_slices, write_json)
 from .crf import CRFParams, tune_crf
 from .metrics import evaluate_folder
 
 # %% auto #0
-__all__ = ['PCL_CODE', 'METHODS', 'PAPER', 'ABLATION_DEFAULT', 'PROFILES', 'COMMON', 'CSV_FIELDS', 'canonical_json', 'short_hash',
-           'file_lock', 'experiment_data', 'split_folders', 'experiment_manifest', 'testing_manifest', 'method_plan',
-           'pretraining_protocol', 'pretraining_folder', 'pretrained_encoder', 'finetuned_model', 'validation_crf',
-           'evaluation', 'markdown_rows', 'read_log', 'result_record', 'write_result', 'Experiment', 'load_profile',
+__all__ = ['PCL_CODE', 'METHODS', 'PATH_PARAMS', 'RECORD_PATHS', 'PAPER', 'ABLATION_DEFAULT', 'PROFILES', 'COMMON', 'CSV_FIELDS',
+           'REPRO_MODULES', 'canonical_json', 'short_hash', 'file_lock', 'experiment_data', 'split_folders',
+           'experiment_manifest', 'testing_manifest', 'method_plan', 'pretraining_protocol', 'pretraining_folder',
+           'pretrained_encoder', 'finetuned_model', 'validation_crf', 'evaluation', 'markdown_rows', 'read_log',
+           'relative_path', 'resolve_path', 'result_record', 'write_result', 'Experiment', 'load_profile',
            'experiments', 'NotebookError', 'Interrupted', 'check_parameters_cell', 'notebooks_folder', 'result_path',
            'is_done', 'run_notebook', 'descendants', 'stop_tree', 'result_rows', 'results_csv', 'main_table_markdown',
-           'ablation_markdown', 'results_markdown', 'stop_children_on_signal', 'reproduce']
+           'ablation_markdown', 'results_markdown', 'check_repro_installed', 'stop_children_on_signal', 'reproduce']
 
 # %% ../nbs/09_reproduce.ipynb #e8697256
 def canonical_json(obj) -> str:
@@ -251,13 +252,32 @@ def read_log(run) -> list:
     return json.loads((Path(run)/'log.json').read_text())
 
 # %% ../nbs/09_reproduce.ipynb #6e23819c
+PATH_PARAMS = ('data', 'work', 'result', 'results')  # the experiment parameters that are paths
+RECORD_PATHS = ('manifest', 'pretrained')  # the result record's paths (besides the parameters and each evaluation's pred_dir, gt_dir)
+
+def relative_path(path, # absolute, or relative to the current directory; None stays None
+                  folder, # the folder of the file that records it (an experiment's folder)
+                 ) -> str|None:
+    "`path` as a result JSON in `folder` records it: relative to `folder`, '/'-separated (the rule of a manifest's `root`)."
+    return portable_root(path, folder)
+
+def resolve_path(path, # a path recorded in a result JSON or parameters file in `folder` (relative to it, or absolute); None stays None
+                 folder, # the folder holding that file
+                ) -> Path|None:
+    "The absolute path that a recorded path names."
+    return None if path is None else Path(resolve_root(str(path), folder))
+
 def result_record(parameters:dict, # the experiment's parameters (as papermill passed them)
                   evaluations:list, # dicts with split, crf (a label), summary (from `evaluation`)
                   seconds:float, # wall time of the experiment
+                  folder='.', # the folder the result JSON goes to; its paths are recorded relative to it ('.': the current directory, where papermill runs the notebook)
                   **extra, # anything else to record (method, M, fold, checkpoints, CRF table, ...)
                  ) -> dict:
-    "The result JSON of an experiment, with provenance (package versions, commit) and the device."
+    "The result JSON of an experiment, with provenance (package versions, commit) and the device; every path in it relative to `folder`."
     import torch
+    rel = lambda d, keys: {k: relative_path(v, folder) if k in keys and isinstance(v, (str, Path)) else v for k, v in d.items()}
+    parameters, extra = rel(parameters, PATH_PARAMS), rel(extra, RECORD_PATHS)
+    evaluations = [dict(e, summary=rel(e['summary'], ('pred_dir', 'gt_dir'))) if isinstance(e.get('summary'), dict) else e for e in evaluations]
     dev = 'cuda:' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'
     return dict(format='glrp.result', parameters=parameters, evaluations=evaluations, seconds=round(float(seconds), 1),
                 device=dev, threads=torch.get_num_threads(), software=provenance(), finished=time.strftime('%Y-%m-%dT%H:%M:%S'),
@@ -280,7 +300,7 @@ PAPER = {('glrp', 10): (0.876, 'GLRP abstract'), ('pcl', 10): (0.801, 'GLRP abst
 ABLATION_DEFAULT = [  # variants of GLRP: (name, overrides of the experiment's parameters)
     ('tent-0.35', dict(kernel='tent', tau=0.35)),
     ('gaussian-0.35', dict(kernel='gaussian', tau=0.35)),
-    ('hard-0.35 (=PCL)', dict(kernel='hard', tau=0.35)),
+    ('hard-0.35 (PCL weights)', dict(kernel='hard', tau=0.35)),  # PCL's positives, with GLRP's positions and loss scale
     ('tent-0.2', dict(kernel='tent', tau=0.2)),
     ('tent-0.5', dict(kernel='tent', tau=0.5)),
     ('local only', dict(stage='local')),
@@ -342,11 +362,13 @@ def experiments(profile:dict, # from `load_profile`
                 data, # dataset folder, or None (the phantom, where the profile allows it)
                 work, # the work folder shared by the experiments
                 device:str='auto', # cpu, cuda or auto
+                out=None, # the reproduction's output folder (experiments in OUT/NOTEBOOK/NAME/); None: the work folder's parent, as `reproduce` lays it out
                ) -> list:
-    "The profile's experiments, in running order: main table, ablation, figures."
+    "The profile's experiments, in running order: main table, ablation, figures; their paths relative to each experiment's folder."
     if profile['data'] == 'required' and data is None:
-        raise ValueError(f"profile {profile.get('name', '')!r} needs real data: pass --data (e.g. ../shared/acdc)")
-    base = dict(data=None if data is None else str(Path(data).absolute()), work=str(Path(work).absolute()), device=device,
+        raise ValueError(f"profile {profile.get('name', '')!r} needs real data: pass --data with the ACDC folder (the one holding training/)")
+    out = Path(work).parent if out is None else Path(out)
+    base = dict(data=None if data is None else str(Path(data).expanduser()), work=str(work), device=device,
                 phantom_patients=profile.get('phantom_patients', 20), **{k: profile[k] for k in COMMON})
     exps = []
     for M in profile['Ms']:
@@ -361,6 +383,8 @@ def experiments(profile:dict, # from `load_profile`
     if profile['figures']:
         exps.append(Experiment('figures', 'figures', dict(data=base['data'], work=base['work'], results=None, M=max(profile['Ms']),
                                                           fold=profile['run_folds'][0], device=device)))
+    for e in exps:  # relative to the folder papermill runs the notebook in: the same whatever the current directory
+        e.params.update({k: relative_path(e.params[k], e.folder(out)) for k in ('data', 'work') if e.params.get(k) is not None})
     return exps
 
 # %% ../nbs/09_reproduce.ipynb #ef8e4008
@@ -387,24 +411,26 @@ def check_parameters_cell(path, # a notebook
                         "holds the defaults, and keep `allowed_cell_metadata_keys = tags` in settings.ini so nbdev_clean keeps it")
 
 def notebooks_folder() -> Path:
-    "The experiment notebooks: nbs/repro/ of the checkout this package runs from, else those `pip install` put in sys.prefix/share/glrp/repro."
-    here = Path(glrp.__file__).absolute().parent.parent/'nbs'/'repro'
-    if here.is_dir(): return here
-    installed = Path(sys.prefix)/'share'/'glrp'/'repro'
-    if installed.is_dir(): return installed
-    raise NotebookError(f"no experiment notebooks in {here} or {installed}: pass the folder holding main_table.ipynb (--notebooks)")
+    "The experiment notebooks main_table, ablation and figures.ipynb: glrp's package data `glrp/repro/`, found with `importlib.resources`."
+    d = importlib.resources.files('glrp')/'repro'
+    if isinstance(d, Path) and (d/'main_table.ipynb').is_file(): return d
+    raise NotebookError(f"no experiment notebooks in {d} (glrp installed without its package data?): reinstall glrp, "
+                        "or pass the folder holding main_table.ipynb (--notebooks)")
 
 def result_path(exp:Experiment, out) -> Path: return exp.folder(out)/'result.json'
 
 def is_done(exp:Experiment, # the experiment
             out, # the reproduction's output folder
            ) -> bool:
-    "True when the experiment's result JSON exists and records the same value for each of its parameters."
+    "True when the experiment's result JSON exists and records the same value for each of its parameters (paths: the same place)."
     p = result_path(exp, out)
     if not p.is_file(): return False
     try: got = json.loads(p.read_text()).get('parameters') or {}
     except json.JSONDecodeError: return False
-    return all(k in got and canonical_json(got[k]) == canonical_json(v) for k, v in exp.params.items())
+    def same(k, a, b):
+        if k in PATH_PARAMS and isinstance(a, str) and isinstance(b, str): return resolve_path(a, p.parent) == resolve_path(b, p.parent)
+        return canonical_json(a) == canonical_json(b)
+    return all(k in got and same(k, got[k], v) for k, v in exp.params.items())
 
 def run_notebook(exp:Experiment, # the experiment
                  out, # the reproduction's output folder
@@ -417,8 +443,8 @@ def run_notebook(exp:Experiment, # the experiment
     folder = exp.folder(out)
     if fresh and folder.exists(): shutil.rmtree(folder)  # --force: nothing of the old run is reused
     folder.mkdir(parents=True, exist_ok=True)
-    params = dict(exp.params, result=str(result_path(exp, out).absolute()))
-    if exp.notebook == 'figures' and params.get('results') is None: params['results'] = str(Path(out).absolute())
+    params = dict(exp.params, result=result_path(exp, out).name)  # paths relative to the experiment's folder, papermill's working directory
+    if exp.notebook == 'figures' and params.get('results') is None: params['results'] = relative_path(out, folder)
     pfile = folder/'parameters.json'
     pfile.write_text(json.dumps(params, indent=1))
     nb_out, log = folder/f"{exp.notebook}.ipynb", folder/'papermill.log'
@@ -580,6 +606,15 @@ def _gpus() -> int:
 
 def _say(msg:str): print(msg, flush=True)
 
+REPRO_MODULES = ('papermill', 'ipykernel', 'matplotlib')  # what the runner and the experiment notebooks import beyond glrp's core: the [repro] extra
+
+def check_repro_installed(modules=REPRO_MODULES, # modules the reproduction imports
+                         ):
+    "Nothing when `modules` are installed; else a one-line `NotebookError` naming the missing ones and the extra that brings them."
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing: raise NotebookError(f"{', '.join(missing)} not installed (glrp reproduce runs its notebooks with papermill): "
+                                    'pip install "glrp[repro]"')
+
 @contextmanager
 def stop_children_on_signal():
     "Within the block, SIGTERM or SIGINT stops every running experiment (and its kernel), and the block ends with `Interrupted` naming them."
@@ -601,16 +636,17 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
               out='runs/reproduce', # output folder: experiments, work/, results.csv, RESULTS.md
               jobs:int=1, # experiments run at once (one GPU each when there are several)
               force:bool=False, # rerun finished experiments
-              notebooks=None, # folder of main_table/ablation/figures.ipynb; None: nbs/repro of this checkout
+              notebooks=None, # folder of main_table/ablation/figures.ipynb; None: those installed with glrp (`notebooks_folder`)
               device:str='auto', # cpu, cuda or auto
               only:list|None=None, # run only these notebooks (e.g. ['main_table'])
              ) -> dict:
     "Run the profile's experiments and assemble the tables; {'failed': [labels], 'ran', 'skipped', 'results', 'report'}."
     t_start = time.time()
+    check_repro_installed()
     prof = load_profile(profile)
     out = Path(out).absolute(); out.mkdir(parents=True, exist_ok=True)
     nbdir = Path(notebooks) if notebooks is not None else notebooks_folder()
-    exps = experiments(prof, data, out/'work', device)
+    exps = experiments(prof, data, out/'work', device, out=out)
     if only: exps = [e for e in exps if e.notebook in only]
     for nb in sorted({e.notebook for e in exps}): check_parameters_cell(nbdir/f"{nb}.ipynb")
     todo = [e for e in exps if force or e.notebook == 'figures' or not is_done(e, out)]  # figures: redrawn from the current results
@@ -643,7 +679,8 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
         for e in last: run(e)
     rows = result_rows(out)
     recs = {e.label: json.loads(result_path(e, out).read_text()) for e in exps if result_path(e, out).is_file()}
-    meta = dict(profile=prof.get('name', ''), data=str(data) if data else 'synthetic phantom', started=time.strftime('%Y-%m-%d %H:%M', time.localtime(t_start)),
+    meta = dict(profile=prof.get('name', ''), data=relative_path(data, out) if data else 'synthetic phantom',  # data: relative to `out`
+                started=time.strftime('%Y-%m-%d %H:%M', time.localtime(t_start)),
                 wall_s=time.time() - t_start, software=provenance(),
                 data_hash=next((r.get('data_hash') for r in recs.values() if r.get('data_hash')), ''),
                 device=next((r.get('device') for r in recs.values()), '?'),

@@ -21,18 +21,20 @@ from .augment import AugParams, two_views, augment_pair
 from . import distributed as gdist
 
 # %% auto #0
-__all__ = ['STAGES', 'SLICE_RULES', 'RESUME_FREE', 'PREDICT_ROLES', 'ConfigError', 'DivergenceError', 'PretrainConfig',
-           'FinetuneConfig', 'field_help', 'volume_source', 'slice_meta', 'SliceDataset', 'load_slices',
-           'epoch_batches', 'pick_device', 'bf16_supported', 'fast_settings', 'autocast', 'to_input', 'rng_state',
-           'set_rng_state', 'save_checkpoint', 'read_weights', 'nonfinite_tensors', 'load_checkpoint',
-           'check_checkpoint', 'clean_stale_temporaries', 'write_json', 'write_log', 'relative_to', 'run_paths',
-           'recorded_path', 'run_record', 'ProjNet', 'method_kwargs', 'pretrain_phases', 'phase_of', 'set_phase',
-           'set_train_mode', 'pretrain_loss', 'warmup_cosine', 'check_step', 'pretrain', 'predict_probs', 'pooled_dice',
-           'finetune', 'segmentation_model', 'read_crf_params', 'predict']
+__all__ = ['STAGES', 'SLICE_RULES', 'PRECISIONS', 'RESUME_FREE', 'PREDICT_ROLES', 'MODEL_FORMAT', 'ConfigError',
+           'DivergenceError', 'PretrainConfig', 'FinetuneConfig', 'field_help', 'volume_source', 'slice_meta',
+           'SliceDataset', 'load_slices', 'epoch_batches', 'pick_device', 'bf16_supported', 'fast_settings', 'numerics',
+           'autocast', 'to_input', 'rng_state', 'set_rng_state', 'save_checkpoint', 'read_weights', 'nonfinite_tensors',
+           'load_checkpoint', 'check_checkpoint', 'clean_stale_temporaries', 'write_json', 'write_log', 'relative_to',
+           'run_paths', 'recorded_path', 'run_record', 'ProjNet', 'method_kwargs', 'pretrain_phases', 'phase_of',
+           'set_phase', 'set_train_mode', 'pretrain_loss', 'warmup_cosine', 'check_step', 'Stage', 'fit', 'Pretraining',
+           'pretrain', 'predict_probs', 'pooled_dice', 'spacing_range', 'Finetuning', 'finetune', 'segmentation_model',
+           'read_crf_params', 'predict', 'export_model', 'read_model']
 
 # %% ../nbs/06_train.ipynb #fec7c4d1
 STAGES = ('global', 'local', 'global+local', 'joint')
 SLICE_RULES = ('manifest', 'glrp', 'pcl')  # where the slice positions and GCL partitions of pretraining come from
+PRECISIONS = ('auto', 'fp32', 'bf16')  # autocast of the fast path
 
 class ConfigError(ValueError):
     "A setting that cannot run (named, with the value and what is allowed); raised before any data is read."
@@ -66,6 +68,7 @@ def _check_common(c):
     _check(_finite(c.lr) and c.lr > 0, f"lr must be a finite number > 0, got {c.lr}")
     _check(_finite(c.wd) and c.wd >= 0, f"wd must be a finite number >= 0, got {c.wd}")
     _check(c.norm in NORMS, f"norm must be one of {NORMS}, not {c.norm!r}")
+    _check(c.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, not {c.precision!r}")
 
 class _Config:
     "JSON round trip shared by the configs."
@@ -123,6 +126,7 @@ class PretrainConfig(_Config):
     seed: int = 0  # seed of weights, sampling and augmentation
     device: str = 'auto'  # cpu, cuda or auto
     fast: bool = True  # channels_last + bf16 autocast where the hardware supports it
+    precision: str = 'auto'  # fast path's autocast: 'auto' (bf16 where the hardware runs it natively), 'bf16' or 'fp32' (pin it so numbers do not depend on the CPU)
     workers: int = 0  # processes filling the preprocessed cache; 0: all cores
     max_steps: int|None = None  # cap on steps per epoch (quick runs); None: the whole pool
     progress: bool = True  # tqdm progress bars
@@ -174,6 +178,7 @@ class FinetuneConfig(_Config):
     seed: int = 0  # seed of weights, sampling and augmentation
     device: str = 'auto'  # cpu, cuda or auto
     fast: bool = True  # channels_last + bf16 autocast where the hardware supports it
+    precision: str = 'auto'  # fast path's autocast: 'auto' (bf16 where the hardware runs it natively), 'bf16' or 'fp32' (pin it so numbers do not depend on the CPU)
     workers: int = 0  # processes filling the preprocessed cache; 0: all cores
     max_steps: int|None = None  # cap on steps per epoch (quick runs); None: every labeled slice
     progress: bool = True  # tqdm progress bars
@@ -327,10 +332,16 @@ def bf16_supported(device:torch.device) -> bool:
 
 def fast_settings(device:torch.device, # the training device
                   fast:bool=True, # False: plain fp32, contiguous
+                  precision:str='auto', # 'auto': bf16 where `bf16_supported`; 'bf16' or 'fp32' whatever the hardware
                  ) -> dict:
     "{'channels_last': bool, 'amp': torch dtype or None} for `device`."
-    on = fast and bf16_supported(device)
+    on = fast and (precision == 'bf16' or (precision == 'auto' and bf16_supported(device)))
     return dict(channels_last=bool(fast), amp=torch.bfloat16 if on else None)
+
+def numerics(device:torch.device, fs:dict) -> dict:
+    "What decides a run's numbers beyond its config: the CPU's capability (AVX2, AVX512, ...), the device, and the precision trained in."
+    return dict(cpu_capability=torch.backends.cpu.get_cpu_capability(), device=str(device),
+                precision='bf16' if fs['amp'] is not None else 'fp32', channels_last=fs['channels_last'])
 
 def autocast(device:torch.device, fs:dict):
     "The autocast context of the fast settings `fs`."
@@ -449,7 +460,7 @@ def recorded_path(ck:dict, # a checkpoint (or run.json) with `paths`
 def run_record(cfg, kind:str, manifest:dict, info, device, fs:dict) -> dict:
     "What `run.json` holds: the config, seed, data hash and code version of a run (input paths relative to the run folder)."
     return dict(kind=kind, config=cfg.to_dict(), seed=cfg.seed, data_hash=manifest.get('data_hash'),
-                paths=run_paths(cfg, cfg.out), fold=cfg.fold, world=info.world, device=str(device),
+                paths=run_paths(cfg, cfg.out), fold=cfg.fold, world=info.world, device=str(device), numerics=numerics(device, fs),
                 fast=dict(channels_last=fs['channels_last'], amp=str(fs['amp'])), provenance=provenance(),
                 started=time.strftime('%Y-%m-%dT%H:%M:%S'))
 
@@ -585,88 +596,129 @@ def _record_failure(out, err:Exception):
     rj = Path(out)/'run.json'
     if rj.is_file(): write_json(json.loads(rj.read_text()) | dict(failed=str(err)), rj)
 
+class Stage:
+    "What `fit` asks of a training stage: its data, model and generator, and the hooks of an epoch. `Pretraining` and `Finetuning` fill it in."
+    kind, views, drop_last = 'stage', 1, True  # run kind; images per slice in a step (for images/s); drop the last short batch
+    def tag(self) -> dict: return {}  # extra leading fields of an epoch's log row (pretraining: its phase)
+    def resume(self, ck:dict): pass  # take what else the checkpoint `ck` holds (optimiser, best epoch, ...)
+    def begin_epoch(self, epoch:int): raise NotImplementedError  # set self.net, self.opt, self.sched, self.params and train mode
+    def loss(self, idx:Tensor) -> Tensor: raise NotImplementedError  # the loss of the step on slices `idx`
+    def end_epoch(self, epoch:int, row:dict): pass  # e.g. validate, and keep the best epoch
+    def state(self) -> dict: return {}  # what else goes into last.pt
+    def record(self) -> dict: return {}  # what else goes into run.json
+    def summary(self) -> dict: return {}  # what else run.json says when the run is finished
+
+def fit(stage:Stage, # the stage to train, set up
+        cfg, # its config (out, seed, batch, max_steps, progress)
+        info:gdist.DistInfo, # from `init_distributed`
+        resume:bool=False, # continue from `cfg.out/last.pt`
+        stop_after:int|None=None, # end after this many epochs of this call
+       ) -> list:
+    "The loop both stages share: resume, epochs of steps checked for divergence, a checkpoint and log per epoch, run.json; the log."
+    out, main = Path(cfg.out), gdist.is_main(info)
+    log, start, ck = [], 0, None
+    if resume and (out/'last.pt').is_file():
+        ck = load_checkpoint(out/'last.pt')
+        _check_resume(ck, cfg, out/'last.pt')
+        stage.model.load_state_dict(ck['model'])
+        start, log = ck['epoch'], list(ck['log'])
+        set_rng_state(ck['rng'][info.rank] if info.rank < len(ck['rng']) else ck['rng'][0], stage.gen)
+        stage.resume(ck)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(out)
+        write_json(run_record(cfg, stage.kind, stage.manifest, info, stage.device, stage.fs) | dict(resumed_at=start if ck else None) | stage.record(),
+                   out/'run.json')
+    ran = 0
+    for epoch in range(start, stage.epochs):
+        if stop_after is not None and ran >= stop_after: break
+        stage.begin_epoch(epoch)
+        tag = stage.tag()
+        where = f"{out}: {stage.kind}" + ''.join(f" ({v} {k})" for k, v in tag.items())
+        batches = epoch_batches(len(stage.ds), cfg.batch, cfg.seed, epoch, stage.drop_last, info.rank, info.world, cfg.max_steps)
+        t0, tot, seen = time.perf_counter(), 0., 0
+        bar = tqdm(batches, desc=' '.join([stage.kind, *map(str, tag.values()), f"{epoch + 1}/{stage.epochs}"]),
+                   disable=not (cfg.progress and main), leave=False)
+        for i, idx in enumerate(bar):
+            loss = stage.loss(idx)
+            stage.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            try: lv = check_step(loss, stage.params, where, epoch, i, _kept(out, epoch))
+            except DivergenceError as e:
+                if main: _record_failure(out, e)
+                raise
+            stage.opt.step(); stage.sched.step()
+            tot += lv * len(idx); seen += len(idx)
+            bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{stage.views * seen * info.world / (time.perf_counter() - t0):.1f}")
+        secs = time.perf_counter() - t0
+        row = dict(epoch=epoch + 1, **tag, loss=_mean_over_ranks(tot / max(seen, 1), info), lr=stage.opt.param_groups[0]['lr'],
+                   seconds=round(secs, 3), images_per_s=round(stage.views * seen * info.world / max(secs, 1e-9), 2))
+        stage.end_epoch(epoch, row)
+        log.append(row)
+        rngs = _ranks_rng(stage.gen, info)
+        if main:
+            save_checkpoint(dict(format='glrp.train', kind=stage.kind, config=cfg.to_dict(), paths=run_paths(cfg, out), model_args=stage.model_args,
+                                 model=stage.model.state_dict(), optimizer=stage.opt.state_dict(), scheduler=stage.sched.state_dict(),
+                                 epoch=epoch + 1, rng=rngs, sampler=dict(seed=cfg.seed, epoch=epoch + 1), log=log, **stage.state()), out/'last.pt')
+            write_log(log, out)
+        ran += 1
+    if main and log and log[-1]['epoch'] == stage.epochs:
+        write_json(json.loads((out/'run.json').read_text()) | dict(finished=time.strftime('%Y-%m-%dT%H:%M:%S'), epochs=stage.epochs) | stage.summary(),
+                   out/'run.json')
+    return log
+
+class Pretraining(Stage):
+    "Contrastive pretraining of a UNet with heads on a fold's unlabeled pool, phase after phase (global, local, joint)."
+    kind, views = 'pretrain', 2
+    def __init__(self, cfg:PretrainConfig, info:gdist.DistInfo):
+        self.cfg, self.info, self.device = cfg, info, info.device
+        self.fs = fast_settings(self.device, cfg.fast, cfg.precision)
+        self.manifest = read_manifest(cfg.manifest)
+        cache = cfg.cache or Path(cfg.manifest).parent/'cache'
+        self.ds = load_slices(self.manifest, cfg.fold, 'pool', cfg.prep(), cache, cfg.data, cfg.workers, labels=False, rule=cfg.positions)
+        if len(self.ds) < 2: raise DataError(cfg.manifest, f"fold {cfg.fold}'s pool has {len(self.ds)} slice(s); pretraining needs at least 2")
+        gdist.seed_everything(cfg.seed, info.rank)
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        self.model_args = _model_args(cfg)
+        self.model = UNet(heads=True, **self.model_args).to(self.device)
+        if self.fs['channels_last']: self.model = self.model.to(memory_format=torch.channels_last)
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1009 + info.rank)
+        self.aug = AugParams.contrastive(**cfg.aug)
+        self.phases = pretrain_phases(cfg)
+        self.epochs = sum(n for _, n in self.phases)
+        self.steps = len(epoch_batches(len(self.ds), cfg.batch, cfg.seed, 0, True, info.rank, info.world, cfg.max_steps))
+        self.phase = self.ck = None; self.start = 0
+
+    def tag(self): return dict(phase=self.phase)
+    def resume(self, ck): self.ck, self.start = ck, ck['epoch']
+    def begin_epoch(self, epoch):
+        "A new phase gets its parameters, optimiser and schedule (restored when resuming inside it)."
+        phase, p0 = phase_of(self.phases, epoch)
+        if phase != self.phase:
+            cfg = self.cfg
+            self.params = set_phase(self.model, phase)
+            lr = cfg.local_lr if phase == 'local' and cfg.local_lr is not None else cfg.lr
+            self.opt = torch.optim.SGD(self.params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+            n_ep = dict(self.phases)[phase]
+            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_cosine(n_ep * self.steps, cfg.warmup_epochs * self.steps))
+            if self.ck is not None and self.ck.get('phase') == phase and epoch == self.start and self.start > p0:
+                self.opt.load_state_dict(self.ck['optimizer']); self.sched.load_state_dict(self.ck['scheduler'])
+            self.net = _wrap(ProjNet(self.model), self.info, self.device)
+            self.phase = phase
+        set_train_mode(self.model, phase)
+    def loss(self, idx): return pretrain_loss(self.net, self.ds.batch(idx), self.phase, self.cfg, self.aug, self.gen, self.device, self.fs, self.info)
+    def state(self): return dict(phase=self.phase)
+    def record(self): return dict(pool_slices=len(self.ds))
+
 def pretrain(cfg:PretrainConfig, # the run's configuration
              resume:bool=False, # continue from `cfg.out/last.pt` (a fresh start when there is none)
              stop_after:int|None=None, # end after this many epochs of this call (an interruption); None: run to the end
             ) -> dict:
     "Contrastive pretraining of a UNet with heads on the fold's unlabeled pool; {'out', 'log', 'checkpoint'}."
     info = gdist.init_distributed(pick_device(cfg.device))
-    try: return _pretrain(cfg, resume, stop_after, info)
+    try: log = fit(Pretraining(cfg, info), cfg, info, resume, stop_after)
     finally: gdist.cleanup_distributed()
-
-
-def _pretrain(cfg, resume, stop_after, info):
-    out, main = Path(cfg.out), gdist.is_main(info)
-    device = info.device; fs = fast_settings(device, cfg.fast)
-    m = read_manifest(cfg.manifest)
-    cache = cfg.cache or Path(cfg.manifest).parent/'cache'
-    ds = load_slices(m, cfg.fold, 'pool', cfg.prep(), cache, cfg.data, cfg.workers, labels=False, rule=cfg.positions)
-    if len(ds) < 2: raise DataError(cfg.manifest, f"fold {cfg.fold}'s pool has {len(ds)} slice(s); pretraining needs at least 2")
-    gdist.seed_everything(cfg.seed, info.rank)
-    torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    model = UNet(heads=True, **_model_args(cfg)).to(device)
-    if fs['channels_last']: model = model.to(memory_format=torch.channels_last)
-    gen = torch.Generator().manual_seed(cfg.seed * 1009 + info.rank)
-    aug = AugParams.contrastive(**cfg.aug)
-    phases = pretrain_phases(cfg)
-    total = sum(n for _, n in phases)
-    log, start, ck = [], 0, None
-    if resume and (out/'last.pt').is_file():
-        ck = load_checkpoint(out/'last.pt')
-        _check_resume(ck, cfg, out/'last.pt')
-        model.load_state_dict(ck['model'])
-        start, log = ck['epoch'], list(ck['log'])
-        set_rng_state(ck['rng'][info.rank] if info.rank < len(ck['rng']) else ck['rng'][0], gen)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        clean_stale_temporaries(out)
-        rec = run_record(cfg, 'pretrain', m, info, device, fs) | dict(resumed_at=start if ck else None, pool_slices=len(ds))
-        write_json(rec, out/'run.json')
-    steps = len(epoch_batches(len(ds), cfg.batch, cfg.seed, 0, True, info.rank, info.world, cfg.max_steps))
-    net = opt = sched = None; cur = None
-    ran = 0
-    for epoch in range(start, total):
-        if stop_after is not None and ran >= stop_after: break
-        phase, p0 = phase_of(phases, epoch)
-        if phase != cur:
-            params = set_phase(model, phase)
-            lr = cfg.local_lr if phase == 'local' and cfg.local_lr is not None else cfg.lr
-            opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.wd)
-            n_ep = dict(phases)[phase]
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(n_ep * steps, cfg.warmup_epochs * steps))
-            if ck is not None and ck.get('phase') == phase and epoch == start and start > p0:
-                opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
-            net = _wrap(ProjNet(model), info, device)
-            cur = phase
-        set_train_mode(model, phase)
-        batches = epoch_batches(len(ds), cfg.batch, cfg.seed, epoch, True, info.rank, info.world, cfg.max_steps)
-        t0, tot, seen = time.perf_counter(), 0., 0
-        bar = tqdm(batches, desc=f"pretrain {phase} {epoch + 1}/{total}", disable=not (cfg.progress and main), leave=False)
-        for i, idx in enumerate(bar):
-            loss = pretrain_loss(net, ds.batch(idx), phase, cfg, aug, gen, device, fs, info)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            try: lv = check_step(loss, params, f"{out}: pretrain ({phase} phase)", epoch, i, _kept(out, epoch))
-            except DivergenceError as e:
-                if main: _record_failure(out, e)
-                raise
-            opt.step(); sched.step()
-            tot += lv * len(idx); seen += len(idx)
-            bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{2 * seen * info.world / (time.perf_counter() - t0):.1f}")
-        secs = time.perf_counter() - t0
-        row = dict(epoch=epoch + 1, phase=phase, loss=_mean_over_ranks(tot / max(seen, 1), info), lr=opt.param_groups[0]['lr'],
-                   seconds=round(secs, 3), images_per_s=round(2 * seen * info.world / max(secs, 1e-9), 2))
-        log.append(row)
-        rngs = _ranks_rng(gen, info)
-        if main:
-            save_checkpoint(dict(format='glrp.train', kind='pretrain', config=cfg.to_dict(), paths=run_paths(cfg, out), model_args=_model_args(cfg),
-                                 model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), phase=phase,
-                                 epoch=epoch + 1, rng=rngs, sampler=dict(seed=cfg.seed, epoch=epoch + 1), log=log), out/'last.pt')
-            write_log(log, out)
-        ran += 1
-    if main and log and log[-1]['epoch'] == total:
-        write_json(json.loads((out/'run.json').read_text()) | dict(finished=time.strftime('%Y-%m-%dT%H:%M:%S'), epochs=total), out/'run.json')
-    return dict(out=out, log=log, checkpoint=out/'last.pt')
+    return dict(out=Path(cfg.out), log=log, checkpoint=Path(cfg.out)/'last.pt')
 
 # %% ../nbs/06_train.ipynb #1f5c2b18
 @torch.no_grad()
@@ -698,14 +750,11 @@ def pooled_dice(preds:list, # predicted label volumes
     return float(np.nanmean(d)) if np.isfinite(d).any() else float('nan'), d.tolist()
 
 # %% ../nbs/06_train.ipynb #51e0e643
-def finetune(cfg:FinetuneConfig, # the run's configuration
-             resume:bool=False, # continue from `cfg.out/last.pt` (a fresh start when there is none)
-             stop_after:int|None=None, # end after this many epochs of this call; None: run to the end
-            ) -> dict:
-    "Supervised fine-tuning on the fold's labeled patients, best epoch by validation Dice; {'out', 'log', 'best_epoch', 'best_dice'}."
-    info = gdist.init_distributed(pick_device(cfg.device))
-    try: return _finetune(cfg, resume, stop_after, info)
-    finally: gdist.cleanup_distributed()
+def spacing_range(cases:list) -> dict:
+    "{'inplane': [min, max], 'slice': [min, max]} of the native voxel spacings (mm) of `cases`: the range a model has seen."
+    sp = np.array([c.meta.spacing for c in cases]) if cases else np.zeros((0, 3))
+    r = lambda a: [float(a.min()), float(a.max())] if len(a) else None
+    return dict(inplane=r(sp[:, :2].ravel()), slice=r(sp[:, 2]))
 
 def _pcl_model(raw:dict, cfg:FinetuneConfig) -> tuple:
     "(UNet, model args, loaded tensor names) from PCL's own released weights: the parts of `cfg.parts` that the file holds."
@@ -736,83 +785,72 @@ def _seg_model(cfg:FinetuneConfig) -> tuple:
     except WeightMismatchError as e: raise DataError(cfg.pretrained, f"weights do not fit its model_args {args}: {e}") from None
     return model, args, loaded
 
-def _finetune(cfg, resume, stop_after, info):
-    out, main = Path(cfg.out), gdist.is_main(info)
-    device = info.device; fs = fast_settings(device, cfg.fast)
-    m = read_manifest(cfg.manifest)
-    cache = cfg.cache or Path(cfg.manifest).parent/'cache'
-    gdist.seed_everything(cfg.seed, info.rank)
-    torch.manual_seed(cfg.seed)
-    model, margs, loaded = _seg_model(cfg)  # a bad checkpoint fails before any data is read
-    ds = load_slices(m, cfg.fold, 'labeled', cfg.prep(), cache, cfg.data, cfg.workers)
-    val = load_slices(m, cfg.fold, 'val', cfg.prep(), cache, cfg.data, cfg.workers)
-    if len(ds) == 0: raise DataError(cfg.manifest, f"fold {cfg.fold} has no labeled volumes")
-    model = model.to(device)
-    if fs['channels_last']: model = model.to(memory_format=torch.channels_last)
-    gen = torch.Generator().manual_seed(cfg.seed * 1009 + info.rank)
-    aug = AugParams.finetune(**cfg.aug)
-    steps = len(epoch_batches(len(ds), cfg.batch, cfg.seed, 0, len(ds) > cfg.batch, info.rank, info.world, cfg.max_steps))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.wd)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps))
-    log, start, best = [], 0, dict(epoch=None, dice=-1.0)
-    if resume and (out/'last.pt').is_file():
-        ck = load_checkpoint(out/'last.pt')
-        _check_resume(ck, cfg, out/'last.pt')
-        model.load_state_dict(ck['model']); opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
-        start, log, best = ck['epoch'], list(ck['log']), dict(ck['best'])
-        set_rng_state(ck['rng'][info.rank] if info.rank < len(ck['rng']) else ck['rng'][0], gen)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        clean_stale_temporaries(out)
-        rec = run_record(cfg, 'finetune', m, info, device, fs) | dict(
-            resumed_at=start if start else None, model_args=margs, loaded=len(loaded), labeled=m['folds'][cfg.fold]['labeled'],
-            val=m['folds'][cfg.fold]['val'], train_slices=len(ds), val_slices=len(val))
-        write_json(rec, out/'run.json')
-    net = _wrap(model, info, device)
-    ran = 0
-    for epoch in range(start, cfg.epochs):
-        if stop_after is not None and ran >= stop_after: break
-        model.train()
-        batches = epoch_batches(len(ds), cfg.batch, cfg.seed, epoch, len(ds) > cfg.batch, info.rank, info.world, cfg.max_steps)
-        t0, tot, seen = time.perf_counter(), 0., 0
-        bar = tqdm(batches, desc=f"finetune {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and main), leave=False)
-        for i, idx in enumerate(bar):
-            b = ds.batch(idx)
-            x, y = augment_pair(b['image'], b['label'].long(), aug, gen)
-            with autocast(device, fs): logits = net(to_input(x, device, fs))
-            loss = seg_loss(logits, y.to(device), cfg.ce_weight, cfg.dice_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            try: lv = check_step(loss, list(model.parameters()), f"{out}: finetune", epoch, i, _kept(out, epoch))
-            except DivergenceError as e:
-                if main: _record_failure(out, e)
-                raise
-            opt.step(); sched.step()
-            tot += lv * len(idx); seen += len(idx)
-            bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{seen * info.world / (time.perf_counter() - t0):.1f}")
-        secs = time.perf_counter() - t0
-        row = dict(epoch=epoch + 1, loss=_mean_over_ranks(tot / max(seen, 1), info), lr=opt.param_groups[0]['lr'],
-                   seconds=round(secs, 3), images_per_s=round(seen * info.world / max(secs, 1e-9), 2), val_dice=None)
-        if len(val) and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            probs = predict_probs(model, val, device, fs, cfg.batch)
-            row['val_dice'], per = pooled_dice([p.argmax(0) for p in probs], [val.labels[val.volume(k)].numpy() for k in range(len(probs))])
-            row.update({f'val_{c}': d for c, d in zip(('RV', 'MYO', 'LV'), per)})
-            if row['val_dice'] > best['dice'] and main:
-                best = dict(epoch=epoch + 1, dice=row['val_dice'])
-                save_checkpoint(dict(format='glrp.train', kind='finetune-best', config=cfg.to_dict(), paths=run_paths(cfg, out), model_args=margs,
-                                     model=model.state_dict(), epoch=epoch + 1, val_dice=row['val_dice']), out/'best.pt')
-        log.append(row)
-        rngs = _ranks_rng(gen, info)
-        if main:
-            save_checkpoint(dict(format='glrp.train', kind='finetune', config=cfg.to_dict(), paths=run_paths(cfg, out), model_args=margs, model=model.state_dict(),
-                                 optimizer=opt.state_dict(), scheduler=sched.state_dict(), epoch=epoch + 1, rng=rngs,
-                                 sampler=dict(seed=cfg.seed, epoch=epoch + 1), log=log, best=best), out/'last.pt')
-            write_log(log, out)
-        ran += 1
-    if main and log and log[-1]['epoch'] == cfg.epochs:
-        write_json(json.loads((out/'run.json').read_text()) | dict(finished=time.strftime('%Y-%m-%dT%H:%M:%S'), epochs=cfg.epochs,
-                                                                    best_epoch=best['epoch'], best_val_dice=best['dice']), out/'run.json')
-    return dict(out=out, log=log, best_epoch=best['epoch'], best_dice=best['dice'])
+class Finetuning(Stage):
+    "Supervised fine-tuning of the whole UNet on a fold's labeled patients; the epoch with the best validation Dice is kept as best.pt."
+    kind = 'finetune'
+    def __init__(self, cfg:FinetuneConfig, info:gdist.DistInfo):
+        self.cfg, self.info, self.device = cfg, info, info.device
+        self.fs = fast_settings(self.device, cfg.fast, cfg.precision)
+        self.manifest = m = read_manifest(cfg.manifest)
+        cache = cfg.cache or Path(cfg.manifest).parent/'cache'
+        gdist.seed_everything(cfg.seed, info.rank)
+        torch.manual_seed(cfg.seed)
+        model, self.model_args, self.loaded = _seg_model(cfg)  # a bad checkpoint fails before any data is read
+        self.ds = load_slices(m, cfg.fold, 'labeled', cfg.prep(), cache, cfg.data, cfg.workers)
+        self.val = load_slices(m, cfg.fold, 'val', cfg.prep(), cache, cfg.data, cfg.workers)
+        if len(self.ds) == 0: raise DataError(cfg.manifest, f"fold {cfg.fold} has no labeled volumes")
+        self.model = model.to(self.device)
+        if self.fs['channels_last']: self.model = self.model.to(memory_format=torch.channels_last)
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1009 + info.rank)
+        self.aug = AugParams.finetune(**cfg.aug)
+        self.epochs, self.drop_last = cfg.epochs, len(self.ds) > cfg.batch
+        steps = len(epoch_batches(len(self.ds), cfg.batch, cfg.seed, 0, self.drop_last, info.rank, info.world, cfg.max_steps))
+        self.params = list(self.model.parameters())
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.wd)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, cfg.epochs * steps))
+        self.best, self.net = dict(epoch=None, dice=-1.0), None
+
+    def resume(self, ck):
+        self.opt.load_state_dict(ck['optimizer']); self.sched.load_state_dict(ck['scheduler']); self.best = dict(ck['best'])
+    def begin_epoch(self, epoch):
+        if self.net is None: self.net = _wrap(self.model, self.info, self.device)
+        self.model.train()
+    def loss(self, idx):
+        b = self.ds.batch(idx)
+        x, y = augment_pair(b['image'], b['label'].long(), self.aug, self.gen)
+        with autocast(self.device, self.fs): logits = self.net(to_input(x, self.device, self.fs))
+        return seg_loss(logits, y.to(self.device), self.cfg.ce_weight, self.cfg.dice_weight)
+    def end_epoch(self, epoch, row):
+        "Validate (every `val_every` epochs and after the last); a better pooled Dice is saved as best.pt."
+        cfg, val = self.cfg, self.val
+        row['val_dice'] = None
+        if not len(val) or ((epoch + 1) % cfg.val_every and epoch + 1 != cfg.epochs): return
+        probs = predict_probs(self.model, val, self.device, self.fs, cfg.batch)
+        row['val_dice'], per = pooled_dice([p.argmax(0) for p in probs], [val.labels[val.volume(k)].numpy() for k in range(len(probs))])
+        row.update({f'val_{c}': d for c, d in zip(('RV', 'MYO', 'LV'), per)})
+        if row['val_dice'] > self.best['dice'] and gdist.is_main(self.info):
+            self.best = dict(epoch=epoch + 1, dice=row['val_dice'])
+            save_checkpoint(dict(format='glrp.train', kind='finetune-best', config=cfg.to_dict(), paths=run_paths(cfg, cfg.out),
+                                 model_args=self.model_args, model=self.model.state_dict(), epoch=epoch + 1, val_dice=row['val_dice']),
+                            Path(cfg.out)/'best.pt')
+    def state(self): return dict(best=self.best)
+    def record(self):
+        fr = self.manifest['folds'][self.cfg.fold]
+        return dict(model_args=self.model_args, loaded=len(self.loaded), labeled=fr['labeled'], val=fr['val'], train_slices=len(self.ds),
+                    val_slices=len(self.val), spacing_range=spacing_range(self.ds.cases + self.val.cases))
+    def summary(self): return dict(best_epoch=self.best['epoch'], best_val_dice=self.best['dice'])
+
+def finetune(cfg:FinetuneConfig, # the run's configuration
+             resume:bool=False, # continue from `cfg.out/last.pt` (a fresh start when there is none)
+             stop_after:int|None=None, # end after this many epochs of this call; None: run to the end
+            ) -> dict:
+    "Supervised fine-tuning on the fold's labeled patients, best epoch by validation Dice; {'out', 'log', 'best_epoch', 'best_dice'}."
+    info = gdist.init_distributed(pick_device(cfg.device))
+    try:
+        stage = Finetuning(cfg, info)
+        log = fit(stage, cfg, info, resume, stop_after)
+    finally: gdist.cleanup_distributed()
+    return dict(out=Path(cfg.out), log=log, best_epoch=stage.best['epoch'], best_dice=stage.best['dice'])
 
 # %% ../nbs/06_train.ipynb #090929e8
 PREDICT_ROLES = ('test', 'val', 'train', 'labeled', 'all')
@@ -889,3 +927,62 @@ def predict(checkpoint, # a fine-tuned checkpoint (best.pt or last.pt of glrp fi
             with atomic_path(out/'probs'/f"{r['name']}.npz") as tmp_:
                 with open(tmp_, 'wb') as fh: np.savez_compressed(fh, probs=p.astype(np.float16))
     return written
+
+# %% ../nbs/06_train.ipynb #3a61d731
+MODEL_FORMAT = 'glrp.model'  # the `format` of model.json and weights.pt
+
+def _model_md(info:dict) -> str:
+    t, v = info['training'], info['training'].get('val_dice')
+    lines = [f"# glrp segmentation model", "",
+             f"A 2D UNet (f = {info['network']['f']}, depth {info['network']['depth']}) that labels short-axis cardiac MR slices: "
+             f"{', '.join(f'{k} {n}' for n, k in info['labels'].items())} (0 background).", "",
+             f"- Initialisation: {t.get('method') or 'see training.pretrained'}; fine-tuned on {len(t.get('labeled') or [])} labeled patients "
+             f"(fold {t.get('fold')}), best epoch {t.get('best_epoch')} of {t.get('epochs')} by validation Dice",
+             f"- Validation Dice (pooled over slices, mean of RV/MYO/LV): {v:.4f}" if v is not None else "- Validation Dice: not recorded",
+             f"- Preprocessing: in-plane {info['preprocessing']['spacing']} mm, {info['preprocessing']['size']} pixels, {info['preprocessing']['norm']} per volume",
+             f"- Training spacings (mm): in-plane {t.get('spacing_range', {}).get('inplane')}, slices {t.get('spacing_range', {}).get('slice')}",
+             f"- CRF: {'tuned on validation, used by default' if info.get('crf') else 'none'}",
+             f"- Training data hash {str(t.get('data_hash'))[:12]}; glrp {info['software'].get('glrp')}, commit {info['software'].get('git_commit')}", "",
+             "Licence: a model trained on ACDC (Bernard et al., IEEE TMI 2018) inherits the data's CC BY-NC-SA 4.0 terms: "
+             "non-commercial use, attribution, share alike. Not a medical device.", ""]
+    return '\n'.join(lines)
+
+def export_model(checkpoint, # a fine-tuned checkpoint (best.pt of glrp finetune)
+                 out, # the model folder to write (created; files replaced atomically)
+                 crf=None, # CRF parameters tuned on validation (`CRFParams` or dict); None: no CRF by default
+                 method:str|None=None, # how the encoder was initialised (e.g. 'glrp', 'pcl', 'random'), for MODEL.md
+                ) -> Path:
+    "Write the self-describing model folder of `checkpoint`: weights.pt, model.json, MODEL.md."
+    ck = load_checkpoint(checkpoint)
+    if ck.get('kind', '').startswith('pretrain'): raise DataError(checkpoint, "not a fine-tuned segmentation checkpoint")
+    segmentation_model(ck, checkpoint)  # weights and model_args agree
+    cfg, out = FinetuneConfig.from_dict(ck['config']), Path(out)
+    rj = Path(checkpoint).parent/'run.json'
+    run = json.loads(rj.read_text()) if rj.is_file() else {}
+    crf = crf.to_dict() if hasattr(crf, 'to_dict') else (dict(read_crf_params(crf).to_dict()) if crf is not None else None)
+    info = dict(format=MODEL_FORMAT, version=1, network=dict(in_ch=1, n_classes=4, **ck['model_args']),
+                preprocessing=cfg.prep().to_dict(), labels=dict(RV=1, MYO=2, LV=3), crf=crf,
+                training=dict(method=method, pretrained=None if not cfg.pretrained else Path(cfg.pretrained).name, fold=cfg.fold,
+                              labeled=run.get('labeled'), val=run.get('val'), epochs=cfg.epochs, best_epoch=ck.get('epoch'),
+                              val_dice=ck.get('val_dice'), data_hash=run.get('data_hash'), spacing_range=run.get('spacing_range')),
+                software=provenance())
+    save_checkpoint(dict(format=MODEL_FORMAT, model=ck['model'], model_args=ck['model_args']), out/'weights.pt')
+    write_json(info, out/'model.json')
+    with atomic_path(out/'MODEL.md') as tmp_: Path(tmp_).write_text(_model_md(info))
+    return out
+
+def read_model(folder, # a model folder from `export_model`
+              ) -> tuple:
+    "(UNet with its weights, in eval mode; model.json as a dict), each checked; `DataError`s name the file."
+    folder = Path(folder)
+    mj = folder/'model.json'
+    if not mj.is_file(): raise DataError(folder, "not a glrp model folder (no model.json): give the folder `glrp finetune` wrote as OUT/model")
+    try: info = json.loads(mj.read_text())
+    except json.JSONDecodeError as e: raise DataError(mj, f"not JSON ({e})") from None
+    if info.get('format') != MODEL_FORMAT: raise DataError(mj, f"not a glrp model description (format {info.get('format')!r})")
+    for k in ('network', 'preprocessing', 'labels'):
+        if not isinstance(info.get(k), dict): raise DataError(mj, f"no {k!r} section")
+    ck = load_checkpoint(folder/'weights.pt')
+    if ck.get('model_args') != {k: info['network'][k] for k in ck['model_args']}:
+        raise DataError(mj, f"network {info['network']} disagrees with weights.pt's model_args {ck['model_args']}")
+    return segmentation_model(ck, folder/'weights.pt').eval(), info

@@ -1,5 +1,5 @@
 "`glrp reproduce` end to end on a tiny profile: outputs agree with each other; skip, resume, --force, failures, parameters cell."
-import csv, json, os, shutil, subprocess, sys
+import csv, json, os, re, shutil, subprocess, sys
 from pathlib import Path
 import nbformat
 import pytest
@@ -43,6 +43,13 @@ def check_tables_agree(out, recs):
         if row['notebook'] == 'main_table' and len({r['fold'] for r in rows}) == 1:  # one fold: the table shows the value itself
             assert f"**{pcl['mean']:.3f}**" in (Path(out)/'RESULTS.md').read_text()
     return rows
+
+
+def absolute_paths(obj, where='') -> list:
+    "Every string in a JSON value that is an absolute path (a result must record paths relative to its folder)."
+    if isinstance(obj, dict): return [a for k, v in obj.items() for a in absolute_paths(v, f'{where}/{k}')]
+    if isinstance(obj, list): return [a for i, v in enumerate(obj) for a in absolute_paths(v, f'{where}/{i}')]
+    return [(where, obj)] if isinstance(obj, str) and re.match(r'(/|[A-Za-z]:[\\/])', obj) else []
 
 
 def main_table_section(md:str) -> str:
@@ -102,13 +109,22 @@ def test_end_to_end(tiny):
     assert meta['failed'] == [] and len(meta['ran']) == 4 and meta['data_hash'] == main['data_hash']
     # the CRF was tuned on validation only: its table has one score per grid point
     assert len(main['crf_table']) == 2
+    # no absolute paths in results and parameters: each is relative to the experiment's folder and names what was used
+    for p in list(out.glob('*/*/result.json')) + list(out.glob('*/*/parameters.json')) + [out/'reproduce.json']:
+        assert not absolute_paths(json.loads(p.read_text())), (p, absolute_paths(json.loads(p.read_text())))
+    d = out/'main_table/glrp-M2-fold0'
+    assert main['parameters']['work'] == '../../work' and main['parameters']['data'] == '../../../data'
+    assert (d/main['manifest']).resolve().parent == (out/'work'/'manifests').resolve()
+    assert (d/main['pretrained']).is_file() and (d/main['evaluations'][0]['summary']['pred_dir']).is_dir()
+    assert recs['figures/figures']['parameters']['results'] == '../..'
 
 
 def test_skip_and_resume(tiny):
     tmp, _ = tiny
     out = tmp/'out'
     before = {k: v['finished'] for k, v in results(out).items()}
-    r = glrp_cli('reproduce', '--profile', tmp/'tiny.json', '--data', tmp/'data', '--out', out, '--device', 'cpu', '--only', 'main_table', cwd=tmp)
+    # from another working directory, with relative paths: the same parameters, so nothing runs
+    r = glrp_cli('reproduce', '--profile', '../tiny.json', '--data', '../data', '--out', '.', '--device', 'cpu', '--only', 'main_table', cwd=out)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count('skip ') == 2 and 'run    ' not in r.stdout
     # an experiment whose result is gone runs again; its finished fine-tuning is reused, the other experiment is skipped
@@ -191,6 +207,8 @@ def test_committed_cpu_results():
     assert main_table_section((res/'RESULTS.md').read_text()) in readme
     files = [p for p in res.rglob('*') if p.is_file()]
     assert all(p.suffix in ('.json', '.csv', '.md') for p in files), files  # no images, no NIfTI, no figures
+    for p in res.parent.glob('cpu*/**/*.json'):  # paths relative to each experiment's folder, no machine's folders
+        assert not absolute_paths(json.loads(p.read_text())), (p, absolute_paths(json.loads(p.read_text())))
 
 
 def test_sigterm_stops_the_runner_and_its_children(tmp_path):
