@@ -862,7 +862,9 @@ def segmentation_model(ck:dict, # a checkpoint from `load_checkpoint`
     try: model = UNet(**{k: ck['model_args'][k] for k in ('f', 'depth', 'norm')})
     except KeyError as e: raise DataError(path, f"model_args lacks {e}") from None
     try: model.load_state_dict(ck['model'])
-    except RuntimeError as e: raise DataError(path, f"weights do not fit its model_args {ck['model_args']}: {str(e).splitlines()[0]}") from None
+    except RuntimeError as e:
+        first = next((l.strip() for l in str(e).splitlines()[1:] if l.strip()), str(e))  # torch's first mismatch, not its header line
+        raise DataError(path, f"weights do not fit its model_args {ck['model_args']}: {first}") from None
     return model
 
 def read_crf_params(p) -> 'CRFParams':
