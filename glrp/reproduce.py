@@ -19,6 +19,7 @@ from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, pretrain, pretr
                         load_checkpoint, load_slices, write_json)
 from .crf import CRFParams, tune_crf
 from .metrics import evaluate_folder
+from .stats import volume_records
 
 # %% auto #0
 __all__ = ['PCL_CODE', 'METHODS', 'PATH_PARAMS', 'RECORD_PATHS', 'PAPER', 'ABLATION_DEFAULT', 'PROFILES', 'COMMON', 'CSV_FIELDS',
@@ -223,7 +224,7 @@ def evaluation(checkpoint, # fine-tuned checkpoint
                manifest=None, data=None, # another manifest and data folder (e.g. ACDC's testing/); None: the checkpoint's
                workers:int=0, # processes; 0: all cores
               ) -> dict:
-    "Predict `role`, write the NIfTI files and score them against their ground truth; the summary (no per-volume records)."
+    "Predict `role`, write the NIfTI files and score them against their ground truth; the summary, with `volumes`: per-volume Dice and counts (numbers only) for paired statistics."
     out = Path(out)
     written = predict(checkpoint, out/'pred', role=role, manifest=manifest, data=data, crf=crf is not None, crf_params=crf,
                       progress=False, workers=workers)
@@ -234,7 +235,7 @@ def evaluation(checkpoint, # fine-tuned checkpoint
         res = evaluate_folder(out/'pred', gt, out, missing='skip')
     if res['n_volumes']['all'] != len(written):
         raise DataError(out/'pred', f"{len(written)} predictions written, {res['n_volumes']['all']} evaluated")
-    return _light(res)
+    return _light(res) | dict(volumes=volume_records(res['records']))
 
 # %% ../nbs/09_reproduce.ipynb #63297378
 def markdown_rows(rows:list, # dicts with the same keys
