@@ -296,6 +296,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'glrp.reproduce.markdown_rows': ('reproduce.html#markdown_rows', 'glrp/reproduce.py'),
                                 'glrp.reproduce.method_plan': ('reproduce.html#method_plan', 'glrp/reproduce.py'),
                                 'glrp.reproduce.notebooks_folder': ('reproduce.html#notebooks_folder', 'glrp/reproduce.py'),
+                                'glrp.reproduce.paired_markdown': ('reproduce.html#paired_markdown', 'glrp/reproduce.py'),
+                                'glrp.reproduce.paired_records': ('reproduce.html#paired_records', 'glrp/reproduce.py'),
                                 'glrp.reproduce.pretrained_encoder': ('reproduce.html#pretrained_encoder', 'glrp/reproduce.py'),
                                 'glrp.reproduce.pretraining_folder': ('reproduce.html#pretraining_folder', 'glrp/reproduce.py'),
                                 'glrp.reproduce.pretraining_protocol': ('reproduce.html#pretraining_protocol', 'glrp/reproduce.py'),

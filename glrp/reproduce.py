@@ -19,7 +19,7 @@ from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, pretrain, pretr
                         load_checkpoint, load_slices, write_json)
 from .crf import CRFParams, tune_crf
 from .metrics import evaluate_folder
-from .stats import volume_records
+from .stats import volume_records, summary_table, stats_markdown
 
 # %% auto #0
 __all__ = ['PCL_CODE', 'METHODS', 'PATH_PARAMS', 'RECORD_PATHS', 'PAPER', 'ABLATION_DEFAULT', 'PROFILES', 'COMMON', 'CSV_FIELDS',
@@ -29,7 +29,8 @@ __all__ = ['PCL_CODE', 'METHODS', 'PATH_PARAMS', 'RECORD_PATHS', 'PAPER', 'ABLAT
            'relative_path', 'resolve_path', 'result_record', 'write_result', 'Experiment', 'load_profile',
            'experiments', 'NotebookError', 'Interrupted', 'check_parameters_cell', 'notebooks_folder', 'result_path',
            'is_done', 'run_notebook', 'descendants', 'stop_tree', 'result_rows', 'results_csv', 'main_table_markdown',
-           'ablation_markdown', 'results_markdown', 'check_repro_installed', 'stop_children_on_signal', 'reproduce']
+           'ablation_markdown', 'paired_records', 'paired_markdown', 'results_markdown', 'check_repro_installed',
+           'stop_children_on_signal', 'reproduce']
 
 # %% ../nbs/09_reproduce.ipynb #e8697256
 def canonical_json(obj) -> str:
@@ -568,8 +569,32 @@ def ablation_markdown(rows:list) -> str:
         lines.append(f"| {v[0]} | " + ' | '.join(f"{by[c]:.3f}" if by.get(c) is not None else '–' for c in crfs) + " |")
     return '\n'.join(lines) + '\n'
 
+def paired_records(out, # the reproduction's output folder
+                   crf:str='none', # which evaluation: 'none' (the network) or 'crf'
+                  ) -> list:
+    "Per-volume records (`glrp.stats` format) of every main-table experiment's test evaluation that carries `volumes`."
+    recs = []
+    for p in sorted(Path(out).glob('main_table/*/result.json')):
+        r = json.loads(p.read_text())
+        num = r.get('numerics') or {}
+        for ev in r.get('evaluations', []):
+            if ev['split'] != 'test' or ev['crf'] != crf or not ev['summary'].get('volumes'): continue
+            meta = dict(method=r['method'], M=r['M'], fold=r['fold'], seed=r.get('parameters', {}).get('seed', 0))
+            meta |= {k: num[k] for k in ('precision', 'cpu_capability') if k in num}
+            recs += [dict(v, **meta) for v in ev['summary']['volumes']]
+    return recs
+
+def paired_markdown(out, # the reproduction's output folder
+                    n_boot:int=10_000, # bootstrap resamples
+                   ) -> str:
+    "The paired-difference tables of `glrp.stats` for the main table's methods ('' when fewer than two methods have per-volume results)."
+    recs = paired_records(out)
+    if len({r['method'] for r in recs}) < 2: return ''
+    return stats_markdown(summary_table(recs, n_boot=n_boot))  # refuses records of mixed precision or CPU capability
+
 def results_markdown(rows:list, # from `result_rows`
                      meta:dict, # profile name, data, device, wall times, provenance (from the runner)
+                     paired:str='', # the paired-difference tables (`paired_markdown`)
                     ) -> str:
     "RESULTS.md: the tables and their provenance."
     sw = meta.get('software', {})
@@ -580,6 +605,7 @@ def results_markdown(rows:list, # from `result_rows`
            "## Main table (each fold's test patients)", "", main_table_markdown(rows, 'test') or '(no results)', ""]
     t = main_table_markdown(rows, 'testing')
     if t: out += ["## ACDC testing/ (models trained on training/ only)", "", t, ""]
+    if paired: out += ["## Paired differences (test patients, no CRF)", "", paired, ""]
     a = ablation_markdown(rows)
     if a: out += ["## Ablation (GLRP variants; mean pooled Dice on the test fold)", "", "Columns: no CRF, the CRF tuned on validation, and the tuned CRF with its iteration count replaced.", "", a, ""]
     figs = meta.get('figures') or []
@@ -688,6 +714,6 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
                 experiments={k: (r.get('seconds'), r.get('device'), r.get('software', {}).get('git_commit', '?')) for k, r in recs.items()},
                 figures=[str((e.folder(out)/f).relative_to(out)) for e in exps if e.label in recs for f in recs[e.label].get('figures', [])])
     with atomic_path(out/'results.csv') as t_: Path(t_).write_text(results_csv(rows))
-    with atomic_path(out/'RESULTS.md') as t_: Path(t_).write_text(results_markdown(rows, meta))
+    with atomic_path(out/'RESULTS.md') as t_: Path(t_).write_text(results_markdown(rows, meta, paired_markdown(out)))
     write_json(dict(meta, profile_settings=prof, failed=failed, ran=ran), out/'reproduce.json')
     return dict(failed=failed, ran=ran, skipped=[e.label for e in exps if e not in todo], results=out/'results.csv', report=out/'RESULTS.md')

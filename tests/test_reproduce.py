@@ -102,6 +102,10 @@ def test_end_to_end(tiny):
     # RESULTS.md has the testing/ table, the ablation, the figures and provenance
     md = (out/'RESULTS.md').read_text()
     assert '## ACDC testing/' in md and '## Ablation' in md and 'commit `' in md
+    # the paired statistics: per-volume records in the result JSONs, the glrp - random row over the fold's test patients
+    n_test = len(recs['main_table/random-M2-fold0']['evaluations'][0]['summary']['volumes']) // 2
+    assert main['numerics']['precision'] in ('fp32', 'bf16') and main['numerics']['cpu_capability']
+    assert '## Paired differences' in md and f"| 2 | glrp − random | {n_test} (1) |" in md, md.split('## Paired differences')[-1][:1500]
     for f in recs['figures/figures']['figures']:
         assert (out/'figures/figures'/f).stat().st_size > 1000
         assert f"figures/figures/{f}" in md
@@ -174,6 +178,20 @@ def test_failing_notebook_does_not_stop_the_others(tiny):
     assert "unknown method 'nosuch'" in nb.read_text()  # the executed notebook keeps the error
     assert not (out/'main_table/nosuch-M2-fold0/result.json').exists()
     assert (out/'results.csv').is_file()  # the tables are still assembled from what finished
+
+
+def test_paired_table_refuses_mixed_precision(tiny, tmp_path):
+    "A table over results trained in bf16 and in fp32 is refused, naming the key."
+    from glrp.reproduce import paired_markdown
+    src, out = tiny[0]/'out', tmp_path/'out'
+    for label in ('main_table/random-M2-fold0', 'main_table/glrp-M2-fold0'):
+        (out/label).mkdir(parents=True)
+        shutil.copy(src/label/'result.json', out/label/'result.json')
+    assert '| glrp − random |' in paired_markdown(out, n_boot=200)
+    p = out/'main_table/glrp-M2-fold0/result.json'
+    r = json.loads(p.read_text()); r['numerics']['precision'] = 'bf16' if r['numerics']['precision'] == 'fp32' else 'fp32'
+    p.write_text(json.dumps(r))
+    with pytest.raises(ValueError, match='precision'): paired_markdown(out, n_boot=200)
 
 
 def test_notebook_without_parameters_cell(tmp_path):
