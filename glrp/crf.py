@@ -48,7 +48,11 @@ class CRFParams:
         return d
 
     @classmethod
-    def from_dict(cls, d:dict) -> CRFParams: return cls(**d)
+    def from_dict(cls, d:dict) -> CRFParams:
+        "The parameters of `to_dict`'s output (missing keys take their defaults); unknown keys are an error naming them."
+        names = {f.name for f in fields(cls)}
+        if unknown := sorted(set(d) - names): raise ValueError(f"unknown CRF parameter(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
+        return cls(**d)
 
 # %% ../nbs/07_crf.ipynb #87fcd475
 class ProbabilityError(ValueError):
