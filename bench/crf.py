@@ -3,7 +3,7 @@
 Usage: .venv/bin/python bench/crf.py [--slices128 N] [--slices256 N] [--repeats R] [--workers W]
 
 The input is a synthetic volume (an LV disk, a myocardial ring and an RV ellipse on a noisy background) with a
-simulated prediction from `glrp.crf.simulate_prediction`, so the lattice sees realistic image statistics. The
+simulated prediction from `glrp.testing.simulate_prediction`, so the lattice sees realistic image statistics. The
 one-process and the parallel run are timed alternately, `repeats` times each, through `crf_refine` (input checks,
 intensity rescaling and pool start-up included: that is what a caller pays), and the best time of each is
 reported. On a machine shared with other jobs the parallel speed-up is capped by the CPU time the others leave,
@@ -14,7 +14,8 @@ import argparse, os, time
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 import numpy as np
-from glrp.crf import CRFParams, crf_refine, simulate_prediction, available_cores
+from glrp.crf import CRFParams, crf_refine, available_cores
+from glrp.testing import simulate_prediction
 
 def phantom(z:int, size:int, seed:int=0):
     "(image (Z, H, W), labels (Z, H, W)): LV disk, myocardial ring, RV ellipse on a noisy background."

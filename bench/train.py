@@ -1,6 +1,6 @@
 """Training throughput of the plain fp32 path and the fast path (channels_last + bf16 autocast), and their accuracy.
 
-Usage: .venv/bin/python bench/train.py [--device cpu|cuda] [--f 16] [--size 128] [--batch 16] [--steps 6] [--rounds 3]
+Usage: .venv/bin/python bench/train.py [--device cpu|cuda] [--compile] [--f 16] [--size 128] [--batch 16] [--steps 6] [--rounds 3]
                                        [--warmup 3] [--finetune auto|engine|loop|none] [--ft-epochs 20] [--ft-seeds 2]
 
 Speed: images per second of one pretraining step (two augmented views of each slice -> UNet encoder + global head
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from glrp.augment import AugParams, two_views, augment_pair
 from glrp.data import PrepParams, index_acdc, load_case
-from glrp.losses import contrastive_loss, positive_weights, seg_loss
+from glrp.losses import contrastive_loss, positive_weights, seg_loss, local_loss, region_boxes, region_features
 from glrp.synthetic import write_phantom
 from glrp.unet import UNet
 
@@ -50,12 +50,14 @@ def peak_rss_mib() -> float:
 def load_avg() -> str: return ', '.join(f'{x:.2f}' for x in os.getloadavg())
 
 class Path_:
-    "One training path: its model, optimiser, memory format and autocast."
-    def __init__(self, name, model, opt, device, fast):
+    "One training path: its model, optimiser, memory format, autocast and (compile) its forward functions compiled by inductor."
+    def __init__(self, name, model, opt, device, fast, compile=False):
         self.name, self.model, self.opt, self.device, self.fast = name, model, opt, device, fast
         self.amp = fast and bf16_ok(device)
         self.fmt = torch.channels_last if fast else torch.contiguous_format
         self.model.to(device=device, memory_format=self.fmt)
+        c = torch.compile if compile else (lambda f: f)
+        self.forward, self.global_proj, self.local_proj = c(model), c(model.global_proj), c(model.local_proj)
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
     def input(self, x): return x.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
@@ -63,16 +65,31 @@ class Path_:
 def pretrain_step(P:Path_, x, pos, aug, gen):
     "Two views -> encoder + global head -> GLRP contrastive loss -> backward -> SGD step."
     v1, v2 = two_views(x, aug, gen)
-    with P.autocast(): z = P.model.global_proj(P.input(torch.cat([v1, v2])))
+    with P.autocast(): z = P.global_proj(P.input(torch.cat([v1, v2])))
     n = len(x)
     loss = contrastive_loss(torch.stack([z[:n], z[n:]], 1), positive_weights('glrp', p=pos).to(P.device), T=0.1)
+    P.opt.zero_grad(set_to_none=True); loss.backward(); P.opt.step()
+    return loss
+
+def slice_regions(maps, k=3):
+    "The region means as the previous commit took them: one slice per region (a full-size zero gradient per slice in backward)."
+    m = maps.float()
+    return torch.stack([m[..., y:y+s, x:x+s].mean((-2, -1)) for y, x, s in region_boxes(*maps.shape[-2:], k)], 1)
+
+def local_step(P:Path_, x, aug, gen):
+    "Local stage: two views with shared geometry -> frozen encoder + decoder + local head -> region means -> local loss -> backward -> SGD."
+    v1, v2 = two_views(x, aug, gen, shared_geometry=True)
+    with P.autocast(): z = P.local_proj(P.input(torch.cat([v1, v2])))
+    n = len(x)
+    r = (slice_regions(z) if P.name == 'fast' else region_features(z)).view(2, n, 3, 3, -1).permute(1, 0, 4, 2, 3)
+    loss = local_loss(r.contiguous(), None, n_regions=3, size=1, T=0.1)
     P.opt.zero_grad(set_to_none=True); loss.backward(); P.opt.step()
     return loss
 
 def finetune_step(P:Path_, x, y, aug, gen):
     "Augmented image + labels -> UNet -> CE + Dice -> backward -> Adam step."
     xa, ya = augment_pair(x, y, aug, gen)
-    with P.autocast(): logits = P.model(P.input(xa))
+    with P.autocast(): logits = P.forward(P.input(xa))
     loss = seg_loss(logits, ya.to(P.device))
     P.opt.zero_grad(set_to_none=True); loss.backward(); P.opt.step()
     return loss
@@ -107,13 +124,14 @@ def bench_speed(kind, make_paths, step, args, device):
     return times
 
 def report(kind, times, imgs_per_step, unit):
+    "Print images/s of each path and the ratios new / plain, new / fast, fast / plain; the ratio new / fast (or fast / plain without a new path)."
     best = {k: min(v) for k, v in times.items()}
     for k, v in times.items():
         print(f'  {kind} {k:5s}: {imgs_per_step / best[k]:7.1f} {unit}/s (best round; median {imgs_per_step / statistics.median(v):.1f}), '
               f'{best[k]*1000:.0f} ms/step')
-    ratio = best['plain'] / best['fast']
-    print(f'  {kind} fast / plain: {ratio:.2f}x')
-    return ratio
+    pairs = [(a, b) for a, b in (('fast', 'plain'), ('new', 'plain'), ('new', 'fast')) if a in best and b in best]
+    print(f'  {kind} ' + ', '.join(f'{a} / {b}: {best[b] / best[a]:.2f}x' for a, b in pairs))
+    return best['fast'] / best['new'] if 'new' in best else best['plain'] / best['fast']
 
 # ---------- accuracy ----------
 def finetune_engine(root:Path, work:Path, args, fast:bool, seed:int) -> tuple:
@@ -169,6 +187,7 @@ def main():
     ap.add_argument('--warmup', type=int, default=3, help='untimed steps per path and kind')
     ap.add_argument('--steps', type=int, default=6, help='steps per timed round')
     ap.add_argument('--rounds', type=int, default=3, help='timed rounds per path (alternating)')
+    ap.add_argument('--compile', action='store_true', help="add the path 'new': the fast path with torch.compile'd forward functions")
     ap.add_argument('--threads', type=int, default=None, help='torch threads (default: os.cpu_count())')
     ap.add_argument('--finetune', choices=('auto', 'engine', 'loop', 'none'), default='auto',
                     help='accuracy check: glrp.train.finetune (engine), a minimal loop, or none; auto: engine when importable')
@@ -186,7 +205,7 @@ def main():
     torch.set_num_threads(args.threads or os.cpu_count())
     if device.type == 'cuda': torch.backends.cudnn.benchmark = True
     print(f'torch {torch.__version__}, device {device}' + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else '')
-          + f', {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, bf16 native: {bf16_ok(device)}')
+          + f', {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 native: {bf16_ok(device)}')
     print(f'load average (1, 5, 15 min) at start: {load_avg()}  (the machine may be shared: other jobs slow both paths)')
     print(f'config: UNet f={args.f}, {args.size}x{args.size}, batch {args.batch} slices; fast = channels_last'
           + (' + bf16 autocast' if bf16_ok(device) else ' only (no native bf16 here)'))
@@ -197,13 +216,15 @@ def main():
     idx = idx.repeat(-(-args.batch // len(idx)))[:args.batch]
     x, y, p = img[idx].to(device), lab[idx].to(device), pos[idx].to(device)  # augmentation runs on the device, as in training
 
+    paths = [('plain', False, False), ('fast', True, False)] + ([('new', True, True)] if args.compile else [])
+    if args.compile: print('new = fast + torch.compile (inductor) of the forward functions; warm-up includes compilation')
     torch.manual_seed(0)
     pre0 = UNet(f=args.f, heads=True)
     def pre_paths():
         out = []
-        for name, fast in (('plain', False), ('fast', True)):
+        for name, fast, comp in paths:
             m = deepcopy(pre0)
-            out.append(Path_(name, m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5), device, fast))
+            out.append(Path_(name, m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5), device, fast, comp))
         return out
     gens = {}
     def pstep(P): return pretrain_step(P, x, p, AugParams.contrastive(), gens.setdefault(('pre', P.name), torch.Generator(device).manual_seed(1)))
@@ -212,13 +233,27 @@ def main():
     r_pre = report('pretrain', t_pre, 2 * args.batch, 'view-images')
     print(f'  (slices/s = view-images/s / 2: plain {args.batch / min(t_pre["plain"]):.1f}, fast {args.batch / min(t_pre["fast"]):.1f})')
 
+    def local_paths():  # the previous commit's region pooling ('fast') against today's ('new'), both on the fast path
+        out = []
+        for name in ('fast', 'new'):
+            m = deepcopy(pre0)
+            for q in m.encoder.parameters(): q.requires_grad_(False)
+            m.train(); m.encoder.eval()
+            out.append(Path_(name, m, torch.optim.SGD([q for q in m.parameters() if q.requires_grad], lr=0.1, momentum=0.9), device, True))
+        return out
+    def lstep(P): return local_step(P, x, AugParams.contrastive(), gens.setdefault(('loc', P.name), torch.Generator(device).manual_seed(3)))
+    print('local pretraining step (shared-geometry views -> frozen encoder, decoder + local head -> 3 x 3 region means -> local loss -> backward -> SGD);'
+          ' fast: region means by slicing (before), new: one product with the region masks:', flush=True)
+    t_loc = bench_speed('local', local_paths, lstep, args, device)
+    r_loc = report('local', t_loc, 2 * args.batch, 'view-images')
+
     torch.manual_seed(0)
     seg0 = UNet(f=args.f)
     def seg_paths():
         out = []
-        for name, fast in (('plain', False), ('fast', True)):
+        for name, fast, comp in paths:
             m = deepcopy(seg0)
-            out.append(Path_(name, m, torch.optim.Adam(m.parameters(), lr=1e-3), device, fast))
+            out.append(Path_(name, m, torch.optim.Adam(m.parameters(), lr=1e-3), device, fast, comp))
         return out
     def fstep(P): return finetune_step(P, x, y, AugParams.finetune(), gens.setdefault(('ft', P.name), torch.Generator(device).manual_seed(2)))
     print('fine-tuning step (image + labels -> UNet -> CE + Dice -> backward -> Adam):', flush=True)
@@ -257,7 +292,7 @@ def main():
             print(f'  seed-to-seed sd of the plain path: {sd:.4f}' + (' (larger than the 0.01 window: at this scale the window is below the seed noise; '
                   'more seeds or a longer fine-tune narrow it)' if sd >= 0.01 else ''))
         else: print('  one seed only: run --ft-seeds 3 or more to see the seed-to-seed noise')
-    print(f'summary: pretrain {r_pre:.2f}x, finetune {r_ft:.2f}x faster on the fast path (target >= 2x); '
+    print(f'summary ({"new / fast" if args.compile else "fast / plain"}): pretrain {r_pre:.2f}x, finetune {r_ft:.2f}x; local stage new / fast {r_loc:.2f}x; '
           f'peak RSS {peak_rss_mib():.0f} MiB; load average at the end: {load_avg()}')
 
 if __name__ == '__main__': main()

@@ -8,7 +8,7 @@ import argparse, os, sys
 from pathlib import Path
 import glrp
 from .data import ACDC_LABELS, MNMS_LABELS
-from .data import DataError, index_acdc, check_dataset, checked_index
+from .data import InputError, DataError, index_acdc, check_dataset, checked_index
 from .synthetic import write_phantom
 from .partition import make_manifest, write_manifest, manifest_summary
 from .metrics import evaluate_folder, summary_markdown
@@ -45,8 +45,13 @@ def cmd_partition(args) -> int:
     return 0
 
 def _distance(v:str):
-    "'fov', 'nan' or a number of mm."
-    return v if v in ('fov', 'nan') else float(v)
+    "'fov', 'nan' or a distance >= 0 in mm (argparse names the option when it is none of them)."
+    if v in ('fov', 'nan'): return v
+    try: d = float(v)
+    except ValueError: d = None
+    if d is None or not d >= 0: raise argparse.ArgumentTypeError(f"expected 'fov', 'nan' or a distance >= 0 in mm, got {v!r}")
+    return d
+_distance.__name__ = 'distance'
 
 def cmd_evaluate(args) -> int:
     "Evaluate NIfTI predictions against ACDC-layout ground truth; write metrics.csv, summary.json, summary.md."
@@ -54,7 +59,7 @@ def cmd_evaluate(args) -> int:
     with warnings.catch_warnings(record=True) as ws:
         warnings.simplefilter('always')
         res = evaluate_folder(args.pred, args.gt, out_dir=args.out, label_map=LABEL_MAPS[args.label_map],
-                              missing=args.missing, empty_distance=_distance(args.empty_distance))
+                              missing=args.missing, empty_distance=args.empty_distance)
     for w in ws: print(f"warning: {w.message}", file=sys.stderr)
     if not res['n_volumes'].get('all'):
         raise DataError(args.pred, f"no predictions matched the ground truth in {args.gt} (patientXXX_frameYY.nii.gz expected)")
@@ -85,14 +90,14 @@ def cmd_predict(args) -> int:
     given = lambda *names: [f"--{n.replace('_', '-')}" for n in names if getattr(args, n, None) is not None]
     if predict_mode(args.model, args.input) == 'checkpoint':
         other = given('labels', 'split_frames', 'fov', 'overlap') + (['--no-crf'] if args.crf is False else [])
-        if other: raise ValueError(f"{', '.join(other)}: only with a model folder and -i INPUT, not with a checkpoint file")
+        if other: raise InputError(f"{', '.join(other)}: only with a model folder and -i INPUT, not with a checkpoint file")
         paths = predict(args.model, args.out, role=get('role', 'test'), fold=get('fold'), manifest=get('manifest'), data=get('data'),
                         cache=get('cache'), crf=bool(args.crf), crf_params=args.crf_params, save_probs=args.save_probs, device=args.device,
                         fast=args.fast, batch=args.batch, workers=args.workers, progress=not args.no_progress)
         print(f"predict: wrote {len(paths)} volume(s) to {args.out}")
         return 0
     other = given('role', 'fold', 'manifest', 'data', 'cache')
-    if other: raise ValueError(f"{', '.join(other)}: only with a checkpoint file (the reproduction's form), not with a model folder and -i")
+    if other: raise InputError(f"{', '.join(other)}: only with a checkpoint file (the reproduction's form), not with a model folder and -i")
     labels = get('labels', 'acdc')
     with warnings.catch_warnings(record=True) as ws:
         warnings.simplefilter('always')
@@ -109,13 +114,10 @@ def cmd_predict(args) -> int:
     return 0
 def cmd_reproduce(args) -> int:
     "Run a reproduction profile's experiment notebooks; assemble results.csv and RESULTS.md; exit 1 naming failed experiments."
-    from glrp.reproduce import reproduce, NotebookError, Interrupted, load_profile
+    from glrp.reproduce import reproduce, Interrupted, load_profile
     out = args.out or Path('runs')/load_profile(args.profile).get('name', 'reproduce')
     try: res = reproduce(args.profile, data=args.data, out=out, jobs=args.jobs, force=args.force, notebooks=args.notebooks,
                          device=args.device, only=args.only)
-    except NotebookError as e:
-        print(f"glrp reproduce: error: {e}", file=sys.stderr)
-        return 2
     except Interrupted as e:
         print(f"glrp reproduce: {e}", file=sys.stderr)
         return 128 + e.signum
@@ -211,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--missing', choices=['error', 'empty', 'skip'], default='error',
                    help="a missing prediction is an error, is evaluated as empty, or is left out ('skip': e.g. only the test fold was predicted)")
     s.add_argument('--label-map', choices=sorted(LABEL_MAPS), default='acdc', help='label order of both folders')
-    s.add_argument('--empty-distance', default='fov', help="HD95/ASSD/HD of a missed or hallucinated structure: 'fov' (the volume's diagonal in mm), 'nan' (left out of the means) or a number of mm")
+    s.add_argument('--empty-distance', type=_distance, default='fov', help="HD95/ASSD/HD of a missed or hallucinated structure: 'fov' (the volume's diagonal in mm), 'nan' (left out of the means) or a number of mm")
     s.set_defaults(func=cmd_evaluate)
 
     for name, cls, fn, what in (('pretrain', PretrainConfig, cmd_pretrain, "contrastive pretraining on a fold's unlabeled pool"),
@@ -274,10 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
 # %% ../nbs/10_cli.ipynb #647a95f1
 def main(argv:list|None=None, # arguments without the program name; None reads sys.argv
         ) -> int:
-    "Run the `glrp` command line; returns the exit code (2 for bad input data or settings, 1 for a run that diverged)."
+    "Run the `glrp` command line; returns the exit code: 2 for input the user can fix (`InputError`), 1 for a run that diverged. Other exceptions (bugs) propagate."
     args = build_parser().parse_args(argv)
     try: return args.func(args)
-    except (DataError, ValueError) as e:
+    except InputError as e:
         print(f"glrp {args.command}: error: {e}", file=sys.stderr)
         return 2
     except DivergenceError as e:

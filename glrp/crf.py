@@ -9,12 +9,11 @@ import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, asdict, replace, fields
 import numpy as np
-from .data import ShapeError, IntensityError
+from .data import InputError, ShapeError, IntensityError
 
 # %% auto #0
 __all__ = ['MIN_POOL_PIXELS', 'DEFAULT_GRID', 'CRFParams', 'ProbabilityError', 'check_inputs', 'rescale_intensity',
-           'pairwise_features', 'crf_slice', 'available_cores', 'crf_refine', 'simulate_prediction', 'mean_dice',
-           'tune_crf']
+           'pairwise_features', 'crf_slice', 'available_cores', 'crf_refine', 'mean_dice', 'tune_crf']
 
 # %% ../nbs/07_crf.ipynb #603c2c7c
 @dataclass
@@ -32,15 +31,15 @@ class CRFParams:
     def __post_init__(self):
         self.pct = tuple(float(v) for v in self.pct)
         if int(self.iterations) != self.iterations or self.iterations < 0:
-            raise ValueError(f"iterations must be a non-negative integer, not {self.iterations}")
+            raise InputError(f"iterations must be a non-negative integer, not {self.iterations}")
         self.iterations = int(self.iterations)
         for k in ('gauss_sxy', 'bilat_sxy', 'bilat_schan'):
-            if not getattr(self, k) > 0: raise ValueError(f"{k} must be positive, not {getattr(self, k)}")
+            if not getattr(self, k) > 0: raise InputError(f"{k} must be positive, not {getattr(self, k)}")
         for k in ('gauss_compat', 'bilat_compat'):
-            if not getattr(self, k) >= 0: raise ValueError(f"{k} must be non-negative, not {getattr(self, k)}")
-        if not 0 < self.min_prob < 1: raise ValueError(f"min_prob must be in (0, 1), not {self.min_prob}")
+            if not getattr(self, k) >= 0: raise InputError(f"{k} must be non-negative, not {getattr(self, k)}")
+        if not 0 < self.min_prob < 1: raise InputError(f"min_prob must be in (0, 1), not {self.min_prob}")
         if not (len(self.pct) == 2 and 0 <= self.pct[0] < self.pct[1] <= 100):
-            raise ValueError(f"pct must be (lo, hi) percentiles with 0 <= lo < hi <= 100, not {self.pct}")
+            raise InputError(f"pct must be (lo, hi) percentiles with 0 <= lo < hi <= 100, not {self.pct}")
 
     def to_dict(self) -> dict:
         "JSON-ready dict of the parameters."
@@ -51,11 +50,11 @@ class CRFParams:
     def from_dict(cls, d:dict) -> CRFParams:
         "The parameters of `to_dict`'s output (missing keys take their defaults); unknown keys are an error naming them."
         names = {f.name for f in fields(cls)}
-        if unknown := sorted(set(d) - names): raise ValueError(f"unknown CRF parameter(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
+        if unknown := sorted(set(d) - names): raise InputError(f"unknown CRF parameter(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
         return cls(**d)
 
 # %% ../nbs/07_crf.ipynb #87fcd475
-class ProbabilityError(ValueError):
+class ProbabilityError(InputError):
     "Probabilities that are not a distribution over the classes: NaN/Inf, negative, or not summing to 1."
 
 def check_inputs(probs, # (C, Z, H, W) class probabilities of one volume
@@ -155,7 +154,7 @@ class _Refiner:
     def __init__(self, vols:list, imgs:list, workers:int|None=None, start_method:str|None=None):
         if workers is None: workers = available_cores() if sum(im.size for im in imgs) >= MIN_POOL_PIXELS else 1
         workers = int(workers)
-        if workers < 1: raise ValueError(f"workers must be at least 1, not {workers}")
+        if workers < 1: raise InputError(f"workers must be at least 1, not {workers}")
         n = sum(im.shape[0] for im in imgs)
         size = max(1, math.ceil(n / (8 * workers)))  # slices per task: about 8 tasks per worker
         self.tasks = [(v, z, min(z + size, im.shape[0])) for v, im in enumerate(imgs) for z in range(0, im.shape[0], size)]
@@ -222,41 +221,6 @@ def crf_refine(probs, # (C, Z, H, W) softmax of one volume, (B, C, Z, H, W) of a
     if form == 'batch': return np.stack(q), np.stack(labels)
     return q, labels
 
-# %% ../nbs/07_crf.ipynb #e747308c
-def simulate_prediction(label, # (H, W) or (Z, H, W) integer labels 0..n_classes-1
-                        n_classes:int=4, # classes, background included
-                        confidence:float=6.0, # logit gap between the predicted class and the others, away from boundaries
-                        blur:float=1.5, # Gaussian blur of the one-hot maps (pixels): soft boundaries
-                        noise:float=1.0, # std of the smooth logit noise
-                        warp:float=1.5, # std (pixels) of the smooth displacement that moves the boundaries
-                        islands:int=3, # wrong-class islands dropped into the background of each slice
-                        island_r:tuple=(2.0, 4.0), # range of the islands' radii, pixels
-                        seed:int=0,
-                       ) -> np.ndarray:
-    "(C, ...) float32 softmax probabilities of a plausible, imperfect prediction of `label`."
-    from scipy import ndimage as ndi
-    rng = np.random.default_rng(seed)
-    lab = np.asarray(label).astype(np.int64)
-    if lab.ndim not in (2, 3): raise ShapeError('label', f"expected (H, W) or (Z, H, W) labels, got {lab.shape}")
-    sp, lead = lab.shape[-2:], (0,) * (lab.ndim - 2)
-    if warp > 0:
-        g = np.indices(lab.shape).astype(np.float32)
-        for ax in (-2, -1):
-            d = ndi.gaussian_filter(rng.normal(0, 1, lab.shape), lead + (6, 6))
-            g[ax] += d / (d.std() + 1e-8) * warp
-        lab = ndi.map_coordinates(lab, g, order=0, mode='nearest')
-    yy, xx = np.ogrid[:sp[0], :sp[1]]
-    for s in lab.reshape(-1, *sp):  # a view: islands are drawn in place
-        bg = np.argwhere(ndi.binary_erosion(s == 0, iterations=6))
-        for _ in range(islands if len(bg) else 0):
-            c, r = bg[rng.integers(len(bg))], rng.uniform(*island_r)
-            s[(yy - c[0])**2 + (xx - c[1])**2 <= r * r] = rng.integers(1, n_classes)
-    onehot = np.stack([lab == k for k in range(n_classes)]).astype(np.float32)
-    logits = confidence * ndi.gaussian_filter(onehot, (0,) + lead + (blur, blur))
-    logits += 2 * noise * ndi.gaussian_filter(rng.normal(0, 1, onehot.shape), (0,) + lead + (1, 1))
-    e = np.exp(logits - logits.max(0, keepdims=True))
-    return (e / e.sum(0, keepdims=True)).astype(np.float32)
-
 # %% ../nbs/07_crf.ipynb #a1afe95f
 DEFAULT_GRID = dict(bilat_sxy=(3.0, 5.0, 10.0), bilat_schan=(10.0, 20.0, 40.0), bilat_compat=(3.0, 5.0, 10.0), iterations=(5, 10))
 
@@ -287,7 +251,7 @@ def tune_crf(probs_list:list, # validation softmax volumes, each (C, Z, H, W); n
     "(best `CRFParams`, table: one dict per grid point with its values, 'score' and 'gain' over the raw argmax) on the validation split."
     grid, base = (DEFAULT_GRID if grid is None else grid), (base or CRFParams())
     unknown = set(grid) - {f.name for f in fields(CRFParams)}
-    if unknown: raise ValueError(f"unknown CRFParams fields in grid: {sorted(unknown)}")
+    if unknown: raise InputError(f"unknown CRFParams fields in grid: {sorted(unknown)}")
     if not (len(probs_list) == len(images) == len(labels)) or not len(images):
         raise ShapeError('validation', f"need equal, non-zero numbers of probability, image and label volumes, got {len(probs_list)}, {len(images)}, {len(labels)}")
     vols, imgs, _ = _checked(list(probs_list), list(images), atol)

@@ -16,18 +16,22 @@ import nibabel as nib
 
 # %% auto #0
 __all__ = ['CLASSES', 'ACDC_LABELS', 'MNMS_LABELS', 'INFO_KEYS', 'PATIENT_RE', 'MAX_VOXELS', 'GRID_TOL', 'NORMS', 'CACHE_VERSION',
-           'SPLITS', 'DOC_SUFFIXES', 'DataError', 'LayoutError', 'MissingFileError', 'InfoError', 'CorruptFileError',
-           'ShapeError', 'LabelError', 'IntensityError', 'label_lut', 'find_acdc', 'read_info', 'Frame', 'Patient',
-           'check_header', 'nifti_header', 'patient_dirs', 'read_patient', 'index_acdc', 'patient_files', 'data_hash',
-           'git_commit', 'provenance', 'load_nifti', 'load_image', 'canonical_labels', 'load_label', 'Source',
-           'as_source', 'grid_difference', 'check_same_grid', 'load_cine_frame', 'load_volume', 'cine_volumes',
-           'cine_sources', 'axis_weights', 'resize_inplane', 'argmax0', 'one_hot', 'resize_labels', 'PrepParams',
-           'PrepMeta', 'prep_geometry', 'place', 'normalise', 'preprocess', 'restore', 'atomic_path', 'save_nifti_like',
-           'Case', 'file_stamp', 'source_stamp', 'cache_path', 'read_npz', 'load_case', 'case_sources',
-           'preprocess_dataset', 'check_frame', 'check_cine', 'check_patient', 'check_dataset', 'checked_index']
+           'SPLITS', 'DOC_SUFFIXES', 'InputError', 'DataError', 'LayoutError', 'MissingFileError', 'InfoError',
+           'CorruptFileError', 'ShapeError', 'LabelError', 'IntensityError', 'label_lut', 'find_acdc', 'read_info',
+           'Frame', 'Patient', 'check_header', 'nifti_header', 'patient_dirs', 'read_patient', 'index_acdc',
+           'patient_files', 'data_hash', 'git_commit', 'provenance', 'load_nifti', 'load_image', 'canonical_labels',
+           'load_label', 'Source', 'as_source', 'grid_difference', 'check_same_grid', 'load_cine_frame', 'load_volume',
+           'cine_volumes', 'cine_sources', 'axis_weights', 'resize_inplane', 'argmax0', 'one_hot', 'resize_labels',
+           'PrepParams', 'PrepMeta', 'prep_geometry', 'place', 'normalise', 'preprocess', 'restore', 'atomic_path',
+           'save_nifti_like', 'Case', 'file_stamp', 'source_stamp', 'cache_path', 'read_npz', 'load_case',
+           'case_sources', 'preprocess_dataset', 'check_frame', 'check_cine', 'check_patient', 'check_dataset',
+           'checked_index']
 
 # %% ../nbs/00_data.ipynb #3d430dc0
-class DataError(Exception):
+class InputError(ValueError):
+    "Input the user can fix (a file, folder, setting, profile or launch environment): `glrp` prints its message and exits with code 2."
+
+class DataError(InputError):
     "A problem with an input file or folder; `path` names it."
     def __init__(self, path, # the file or folder at fault
                  msg:str, # what is wrong with it
@@ -56,7 +60,7 @@ def label_lut(label_map:dict=ACDC_LABELS, # file value -> structure name in `CLA
     lut = np.full(256, -1, dtype=np.int16)
     lut[0] = 0
     for v,name in label_map.items():
-        if name not in CLASSES: raise ValueError(f"unknown structure {name!r}; expected one of {CLASSES}")
+        if name not in CLASSES: raise InputError(f"unknown structure {name!r}; expected one of {CLASSES}")
         lut[int(v)] = CLASSES.index(name)+1
     return lut
 
@@ -396,9 +400,9 @@ class Source:
 
     @property
     def name(self) -> str:
-        "'patient001_frame01', or 'patient090_4d_t03' for a cine frame."
+        "'patient001_frame01', or 'patient090_4d_frame03' for frame 3 of a cine (the partition manifest's name)."
         stem = self.image.name.removesuffix('.gz').removesuffix('.nii')
-        return stem if self.t is None else f"{stem}_t{self.t:02d}"
+        return stem if self.t is None else f"{stem}_frame{self.t:02d}"
 
 def as_source(x, # a `Source`, a `Frame`, an image path, or a (cine path, t) pair
              ) -> Source:
@@ -585,13 +589,13 @@ class PrepParams:
         self.clip = None if self.clip is None else tuple(float(c) for c in self.clip)
         self.label_map = {int(k): str(v) for k,v in self.label_map.items()}
         self.order = int(self.order)
-        if self.spacing is not None and not self.spacing > 0: raise ValueError(f"spacing must be positive, not {self.spacing}")
-        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1): raise ValueError(f"size must be (H, W), not {self.size}")
-        if self.order not in (0, 1, 3): raise ValueError(f"order must be 0, 1 or 3, not {self.order}")
-        if self.label_mode not in ('onehot', 'nearest'): raise ValueError(f"label_mode must be 'onehot' or 'nearest', not {self.label_mode!r}")
-        if self.norm not in NORMS: raise ValueError(f"norm must be one of {NORMS}, not {self.norm!r}")
+        if self.spacing is not None and not self.spacing > 0: raise InputError(f"spacing must be positive, not {self.spacing}")
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1): raise InputError(f"size must be (H, W), not {self.size}")
+        if self.order not in (0, 1, 3): raise InputError(f"order must be 0, 1 or 3, not {self.order}")
+        if self.label_mode not in ('onehot', 'nearest'): raise InputError(f"label_mode must be 'onehot' or 'nearest', not {self.label_mode!r}")
+        if self.norm not in NORMS: raise InputError(f"norm must be one of {NORMS}, not {self.norm!r}")
         if self.clip is not None and not (len(self.clip) == 2 and 0 <= self.clip[0] < self.clip[1] <= 100):
-            raise ValueError(f"clip must be (lo, hi) percentiles with 0 <= lo < hi <= 100, not {self.clip}")
+            raise InputError(f"clip must be (lo, hi) percentiles with 0 <= lo < hi <= 100, not {self.clip}")
         label_lut(self.label_map)  # names a structure outside CLASSES
 
     def to_dict(self) -> dict:
@@ -757,7 +761,7 @@ def save_nifti_like(array:np.ndarray, # (X, Y, Z), the reference's shape
 @dataclass
 class Case:
     "One preprocessed volume: the network's input, its labels, and how to map predictions back."
-    name: str  # `Source.name`: 'patient001_frame01', 'patient090_4d_t03'
+    name: str  # `Source.name`: 'patient001_frame01', 'patient090_4d_frame03'
     image: np.ndarray  # (Z, H, W) float32
     label: np.ndarray|None  # (Z, H, W) uint8 canonical labels; None for unlabeled volumes
     meta: PrepMeta  # for `restore`

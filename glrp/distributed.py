@@ -4,27 +4,26 @@
 
 # %% ../nbs/05a_distributed.ipynb #124fdcf8
 from __future__ import annotations
-import datetime, os, random, socket, tempfile, time
+import datetime, os, random
 from dataclasses import dataclass
-from pathlib import Path
 import numpy as np
 import torch
-from torch import nn, Tensor
+from torch import Tensor
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from .losses import contrastive_loss, local_loss, positive_weights, region_features
+from .data import InputError
+from .losses import contrastive_loss, local_loss, positive_weights, pool_regions
 
 # %% auto #0
 __all__ = ['LaunchError', 'RankMismatchError', 'DistInfo', 'is_main', 'is_distributed', 'init_distributed', 'cleanup_distributed',
-           'barrier', 'gather_nograd', 'gather_with_grad', 'global_anchors', 'gather_batch', 'pool_regions',
-           'seed_everything', 'shard', 'reduce_mean', 'check_ddp_equivalence']
+           'barrier', 'gather_nograd', 'gather_with_grad', 'global_anchors', 'gather_batch', 'seed_everything', 'shard',
+           'reduce_mean']
 
 # %% ../nbs/05a_distributed.ipynb #64fb4219
-class LaunchError(ValueError):
+class LaunchError(InputError):
     "The launch environment (torchrun's variables, device, backend) is missing something or inconsistent."
 
 class RankMismatchError(ValueError):
-    "Tensors that every rank must give with the same shape differ between ranks."
+    "Tensors that every rank must give with the same shape differ between ranks (a bug in the caller's sharding, not the user's input)."
 
 @dataclass
 class DistInfo:
@@ -166,17 +165,6 @@ def gather_batch(feats:Tensor, # [b, ...] this rank's embeddings (e.g. [b, V, d]
     feats = gather_with_grad(feats)  # checks that every rank has b rows; the metadata, checked against b above, need not
     return feats, {k: None if v is None else gather_nograd(v, check=False) for k, v in (meta or {}).items()}, anchors
 
-# %% ../nbs/05a_distributed.ipynb #5f57afbd
-def pool_regions(proj:Tensor, # [b, V, d, h, w] projection maps
-                 n_regions:int=3, # regions per side (k)
-                 size:int|None=None, # region side in pixels (default: the map tiled)
-                ) -> Tensor:
-    "[b, V, d, k, k]: the region means that `local_loss` uses; gather this instead of the maps."
-    if proj.ndim != 5: raise ValueError(f"proj must be [b, V, d, h, w], got shape {tuple(proj.shape)}")
-    b, V, d = proj.shape[:3]
-    r = region_features(proj.flatten(0, 1), n_regions, size)  # [b*V, k*k, d], regions row by row
-    return r.view(b, V, n_regions, n_regions, d).permute(0, 1, 4, 2, 3)
-
 # %% ../nbs/05a_distributed.ipynb #2af86d1b
 def seed_everything(seed:int, # base seed, the same on every rank
                     rank:int=0, # this rank: its streams are seeded with seed + rank
@@ -204,90 +192,3 @@ def reduce_mean(x:Tensor|float, # a scalar (e.g. this rank's loss) to log
     if not is_distributed(): return t
     tc = t.to(_comm_device(t)); dist.all_reduce(tc, op=dist.ReduceOp.SUM)
     return (tc / dist.get_world_size()).to(t.device)
-
-# %% ../nbs/05a_distributed.ipynb #a4e51c06
-def _free_port() -> int:
-    "A TCP port free on 127.0.0.1 right now."
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-def _loopback_iface() -> str|None:
-    "The name of the loopback network interface ('lo' on Linux, 'lo0' on macOS), or None."
-    try: names = [n for _, n in socket.if_nameindex()]
-    except (OSError, AttributeError): return None
-    return next((n for n in names if n in ('lo', 'lo0')), None)
-
-class _Tiny(nn.Module):
-    "A linear layer for global embeddings and a 1x1 conv for local projection maps, on 2 views."
-    def __init__(self, d_in:int, d:int, c_in:int=3, c:int=4):
-        super().__init__(); self.lin, self.conv = nn.Linear(d_in, d), nn.Conv2d(c_in, c, 1)
-    def forward(self, x, im):  # x [b, V, d_in], im [b, V, c_in, h, w]
-        b, V = im.shape[:2]
-        return self.lin(x), self.conv(im.flatten(0, 1)).view(b, V, -1, *im.shape[-2:])
-
-def _check_problem(world:int, b:int, d_in:int, d:int, seed:int):
-    "The shared batch and model of `check_ddp_equivalence`: the same on every rank."
-    g = torch.Generator().manual_seed(seed)
-    n = world*b
-    x, im = torch.randn(n, 2, d_in, generator=g), torch.randn(n, 2, 3, 6, 6, generator=g)
-    meta = {'p': torch.rand(n, generator=g), 'vol': torch.randint(0, max(2, n // 2), (n,), generator=g)}
-    meta['part'] = (meta['p']*4).floor().long()
-    torch.manual_seed(seed)
-    return _Tiny(d_in, d), x, im, meta
-
-def _check_losses(feats, pooled, meta, method, anchors=None):
-    W = positive_weights(method, **meta)
-    return contrastive_loss(feats, W, anchors=anchors), local_loss(pooled, W, n_regions=3, anchors=anchors)
-
-def _check_worker(rank:int, world:int, port:int, cfg:dict, out:str):
-    "One rank of `check_ddp_equivalence` (a spawned process)."
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    if _loopback_iface(): os.environ['GLOO_SOCKET_IFNAME'] = _loopback_iface()
-    torch.set_num_threads(1)
-    info = init_distributed('cpu', timeout=cfg['timeout'])
-    try:
-        model, x, im, meta = _check_problem(world, cfg['b'], cfg['d_in'], cfg['d'], cfg['seed'])
-        ddp = nn.parallel.DistributedDataParallel(model)
-        b = cfg['b']; sl = slice(info.rank*b, (info.rank + 1)*b)
-        z, maps = ddp(x[sl], im[sl])
-        feats, m, anchors = gather_batch(z, {k: v[sl] for k, v in meta.items()}, info)
-        pooled = gather_with_grad(pool_regions(maps, 3))
-        lg, ll = _check_losses(feats, pooled, m, cfg['method'], anchors)
-        (lg + ll).backward()  # DDP averages the gradients over ranks
-        res = {'dist': {'global': reduce_mean(lg), 'local': reduce_mean(ll),
-                        **{k: p.grad.clone() for k, p in model.named_parameters()}},
-               'backend': info.backend, 'world': info.world, 'meta_equal': all(torch.equal(m[k], meta[k]) for k in meta)}
-        try: gather_with_grad(torch.zeros(b + info.rank, 2)); res['mismatch'] = None
-        except RankMismatchError as e: res['mismatch'] = str(e)
-        if is_main(info):  # the single-process reference: the whole batch, no gather
-            ref, _, _, _ = _check_problem(world, b, cfg['d_in'], cfg['d'], cfg['seed'])
-            z, maps = ref(x, im)
-            lg, ll = _check_losses(z, pool_regions(maps, 3), meta, cfg['method'])
-            (lg + ll).backward()
-            res['full'] = {'global': lg.detach(), 'local': ll.detach(), **{k: p.grad.clone() for k, p in ref.named_parameters()}}
-            tmp = out + '.tmp'; torch.save(res, tmp); os.replace(tmp, out)
-    finally: cleanup_distributed()
-
-def check_ddp_equivalence(world:int=2, # number of gloo ranks (processes) on this CPU
-                          b:int=3, # local batch size: the full batch has world*b slices
-                          d_in:int=6, # input width of the linear layer
-                          d:int=8, # embedding width
-                          method:str='glrp', # positive weights, one of `glrp.losses.METHODS`
-                          seed:int=0, # seed of the batch and the layers
-                          timeout:float=120., # seconds before the ranks are stopped
-                         ) -> dict:
-    "Losses and gradients of `world` gloo ranks x batch b (DDP) and of 1 process x batch world*b."
-    cfg = dict(b=b, d_in=d_in, d=d, method=method, seed=seed, timeout=timeout)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = str(Path(tmp)/'result.pt')
-        from glrp import distributed as mod  # spawned processes import the worker: take it from the package
-        ctx = mp.start_processes(mod._check_worker, args=(world, _free_port(), cfg, out), nprocs=world, join=False,
-                                 start_method='spawn')
-        deadline = time.monotonic() + timeout
-        while not ctx.join(timeout=0.5):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    if p.is_alive(): p.terminate()
-                raise TimeoutError(f"the {world} ranks did not finish within {timeout} s")
-        return torch.load(out)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['METHODS', 'contrastive_loss', 'simclr_weights', 'gcl_weights', 'glrp_weights', 'pcl_weights', 'positive_weights',
-           'region_boxes', 'region_features', 'local_loss', 'soft_dice', 'seg_loss']
+           'region_boxes', 'region_masks', 'region_features', 'pool_regions', 'local_loss', 'soft_dice', 'seg_loss']
 
 # %% ../nbs/05_losses.ipynb #90bafe67
 def contrastive_loss(feats:Tensor, # [N, V, d] embeddings: N slices x V views (V = 2 here)
@@ -129,14 +129,34 @@ def region_boxes(h:int, w:int, # map height and width
     xs = torch.linspace(0, w - size, n_regions).round().long().tolist()
     return [(y, x, size) for y in ys for x in xs]
 
+def region_masks(h:int, w:int, # map height and width
+                 n_regions:int=3, # regions per side (k)
+                 size:int|None=None, # region side in pixels
+                 device=None, # torch device of the masks
+                ) -> Tensor:
+    "[R, h, w]: region r's averaging weights, 1/side² inside its box and 0 outside."
+    boxes = region_boxes(h, w, n_regions, size)
+    m = torch.zeros(len(boxes), h, w, device=device)
+    for r, (y, x, s) in enumerate(boxes): m[r, y:y+s, x:x+s] = 1 / s**2
+    return m
+
 def region_features(maps:Tensor, # [B, d, h, w] projection maps
                     n_regions:int=3, # regions per side
                     size:int|None=None, # region side in pixels
                    ) -> Tensor:
     "[B, R, d]: the mean of `maps` over each of the R = k*k regions (fp32)."
-    boxes = region_boxes(*maps.shape[-2:], n_regions, size)
-    m = maps.float()
-    return torch.stack([m[..., y:y+s, x:x+s].mean((-2, -1)) for y, x, s in boxes], 1)
+    masks = region_masks(*maps.shape[-2:], n_regions, size, device=maps.device).flatten(1)  # [R, h*w]
+    return masks @ maps.float().permute(0, 2, 3, 1).flatten(1, 2)  # [B, h*w, d]: a view of channels_last maps, no copy
+
+def pool_regions(proj:Tensor, # [b, V, d, h, w] projection maps
+                 n_regions:int=3, # regions per side (k)
+                 size:int|None=None, # region side in pixels (default: the map tiled)
+                ) -> Tensor:
+    "[b, V, d, k, k]: the region means that `local_loss` uses (with size=1); pool before gathering maps across processes."
+    if proj.ndim != 5: raise ValueError(f"proj must be [b, V, d, h, w], got shape {tuple(proj.shape)}")
+    b, V, d = proj.shape[:3]
+    r = region_features(proj.flatten(0, 1), n_regions, size)  # [b*V, k*k, d], regions row by row
+    return r.view(b, V, n_regions, n_regions, d).permute(0, 1, 4, 2, 3)
 
 def local_loss(proj:Tensor, # [N, V, d, h, w] projection maps of N slices in V views (same geometry)
                W:Tensor|None=None, # [N, N] slice weights for relative-position positives (None: other view only)

@@ -8,7 +8,7 @@ import os, json, math, random
 from collections import Counter
 from pathlib import Path
 import numpy as np
-from .data import DataError, MissingFileError, ShapeError, Patient, Frame, index_acdc, data_hash, provenance
+from .data import InputError, DataError, MissingFileError, ShapeError, Patient, Frame, Source, index_acdc, data_hash, provenance
 
 # %% auto #0
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'PROTOCOLS', 'SLICE_RULES', 'PARTITION_EPS', 'MANIFEST_KEYS', 'PARAM_KEYS', 'PATIENT_KEYS',
@@ -24,7 +24,7 @@ FORMAT_VERSION = 2  # bumped whenever the manifest's keys or their meaning chang
 PROTOCOLS = ('glrp', 'pcl')
 SLICE_RULES = ('glrp', 'pcl')  # slice positions and partitions: this project's, or those of PCL's code
 
-class PartitionError(ValueError):
+class PartitionError(InputError):
     "Parameters that cannot partition the given patients; the message names the parameter and the numbers."
 
 class ManifestError(DataError):
@@ -156,7 +156,7 @@ def patient_volumes(p:Patient, # a patient from `index_acdc`
     if p.cine_shape is not None:
         if len(p.cine_shape) != 4: raise ShapeError(p.cine, f"expected a 4D (X, Y, Z, T) cine, header shape {p.cine_shape}")
         taken = {fr.frame for fr in p.frames}
-        vols += [volume_record(f'{p.id}_4d_frame{t:02d}', p.id, 'cine', t, p.cine_shape[2], False, S, rule)
+        vols += [volume_record(Source(Path(p.cine), None, t).name, p.id, 'cine', t, p.cine_shape[2], False, S, rule)  # the cache's name
                  for t in range(1, p.cine_shape[3] + 1) if t not in taken]
     return vols
 

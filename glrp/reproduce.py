@@ -12,7 +12,7 @@ from pathlib import Path
 from queue import Queue
 import numpy as np
 import glrp
-from .data import DataError, index_acdc, data_hash, provenance, atomic_path
+from .data import InputError, DataError, index_acdc, data_hash, provenance, atomic_path
 from .synthetic import write_phantom
 from .partition import make_manifest, write_manifest, read_manifest, manifest_root, portable_root, resolve_root, FORMAT_VERSION
 from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, pretrain, pretrain_phases, finetune, predict,
@@ -22,15 +22,15 @@ from .metrics import evaluate_folder
 from .stats import volume_records, summary_table, stats_markdown
 
 # %% auto #0
-__all__ = ['PCL_CODE', 'METHODS', 'PATH_PARAMS', 'RECORD_PATHS', 'PAPER', 'ABLATION_DEFAULT', 'PROFILES', 'COMMON', 'CSV_FIELDS',
-           'REPRO_MODULES', 'canonical_json', 'short_hash', 'file_lock', 'experiment_data', 'split_folders',
-           'experiment_manifest', 'testing_manifest', 'method_plan', 'pretraining_protocol', 'pretraining_folder',
-           'pretrained_encoder', 'finetuned_model', 'validation_crf', 'evaluation', 'markdown_rows', 'read_log',
-           'relative_path', 'resolve_path', 'result_record', 'write_result', 'Experiment', 'load_profile',
-           'experiments', 'NotebookError', 'Interrupted', 'check_parameters_cell', 'notebooks_folder', 'result_path',
-           'is_done', 'run_notebook', 'descendants', 'stop_tree', 'result_rows', 'results_csv', 'main_table_markdown',
-           'ablation_markdown', 'paired_records', 'paired_markdown', 'results_markdown', 'check_repro_installed',
-           'stop_children_on_signal', 'reproduce']
+__all__ = ['PCL_CODE', 'METHOD_PLANS', 'PATH_PARAMS', 'RECORD_PATHS', 'PAPER', 'ABLATION_DEFAULT', 'PROFILES', 'COMMON',
+           'CSV_FIELDS', 'REPRO_MODULES', 'canonical_json', 'short_hash', 'file_lock', 'experiment_data',
+           'split_folders', 'experiment_manifest', 'testing_manifest', 'method_plan', 'pretraining_protocol',
+           'pretraining_folder', 'pretrained_encoder', 'finetuned_model', 'validation_crf', 'evaluation',
+           'markdown_rows', 'read_log', 'relative_path', 'resolve_path', 'result_record', 'write_result', 'Experiment',
+           'load_profile', 'experiments', 'NotebookError', 'Interrupted', 'check_parameters_cell', 'notebooks_folder',
+           'result_path', 'is_done', 'run_notebook', 'descendants', 'stop_tree', 'result_rows', 'results_csv',
+           'main_table_markdown', 'ablation_markdown', 'paired_records', 'paired_markdown', 'results_markdown',
+           'check_repro_installed', 'stop_children_on_signal', 'reproduce']
 
 # %% ../nbs/09_reproduce.ipynb #e8697256
 def canonical_json(obj) -> str:
@@ -122,7 +122,7 @@ def testing_manifest(data, # dataset folder (root or training/)
 # %% ../nbs/09_reproduce.ipynb #fbb9ad06
 PCL_CODE = dict(base_temperature=0.07, positions='pcl')  # as PCL's code runs SimCLR, GCL and PCL: loss x T / 0.07; slice i of Z at (i + 1) / Z, partition i // round_half_up(Z / 4)
 
-METHODS = {  # name -> (PretrainConfig overrides or None, pretraining used: 'stage1' or 'all', UNet parts handed to fine-tuning)
+METHOD_PLANS = {  # method name -> (PretrainConfig overrides or None, `pretraining_until`: 'stage1' or 'all', UNet parts handed to fine-tuning)
     'random': (None, None, ()),
     'simclr': (dict(method='simclr', stage='global', **PCL_CODE), 'all', ('encoder',)),
     'gcl': (dict(method='gcl', stage='global', **PCL_CODE), 'all', ('encoder',)),
@@ -131,14 +131,14 @@ METHODS = {  # name -> (PretrainConfig overrides or None, pretraining used: 'sta
     'glrp': (dict(method='glrp', stage='global+local'), 'all', ('encoder', 'decoder')),
 }
 
-def method_plan(method:str, # a key of `METHODS`
+def method_plan(method:str, # a key of `METHOD_PLANS`
                 **overrides, # PretrainConfig fields (epochs, lr, tau, ...), applied after the method's own
                ) -> tuple:
-    "(PretrainConfig or None, 'stage1' or 'all' or None, parts) of `method`."
-    if method not in METHODS: raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    over, upto, parts = METHODS[method]
+    "(PretrainConfig or None, `pretraining_until` ('stage1', 'all' or None), parts) of `method`."
+    if method not in METHOD_PLANS: raise InputError(f"unknown method {method!r}; expected one of {', '.join(METHOD_PLANS)}")
+    over, pretraining_until, parts = METHOD_PLANS[method]
     if over is None: return None, None, parts
-    return PretrainConfig(**(overrides | over)), upto, parts
+    return PretrainConfig(**(overrides | over)), pretraining_until, parts
 
 def pretraining_protocol(cfg:PretrainConfig|None, # the experiment's pretraining (None: random init)
                          manifest:dict, # its partition manifest
@@ -164,11 +164,11 @@ def pretraining_folder(cfg:PretrainConfig, # the pretraining (manifest and fold 
 
 def pretrained_encoder(cfg:PretrainConfig|None, # the pretraining; None: random init (returns None)
                        work, # the work folder
-                       upto:str='all', # 'stage1': the end of the first stage of a two-stage run; 'all': the end
+                       pretraining_until:str='all', # the checkpoint to return: 'stage1', the end of the first stage of a two-stage run (stage 2 is not trained); 'all', the end
                       ) -> Path|None:
     "The checkpoint of `cfg`'s pretraining, trained on first use and shared by every experiment that asks again."
     if cfg is None: return None
-    if upto not in ('stage1', 'all'): raise ValueError(f"upto must be 'stage1' or 'all', not {upto!r}")
+    if pretraining_until not in ('stage1', 'all'): raise ValueError(f"pretraining_until must be 'stage1' or 'all', not {pretraining_until!r}")
     out = pretraining_folder(cfg, work)
     cfg = replace(cfg, out=str(out))
     phases = pretrain_phases(cfg)
@@ -180,7 +180,7 @@ def pretrained_encoder(cfg:PretrainConfig|None, # the pretraining; None: random 
             if done < first: pretrain(cfg, resume=True, stop_after=first - done)
             with atomic_path(out/'stage1.pt') as tmp_: shutil.copyfile(out/'last.pt', tmp_)
             done = first
-        if upto == 'stage1' and len(phases) > 1: return out/'stage1.pt'
+        if pretraining_until == 'stage1' and len(phases) > 1: return out/'stage1.pt'
         if done < total: pretrain(cfg, resume=True)
     return out/'last.pt'
 
@@ -312,19 +312,19 @@ ABLATION_DEFAULT = [  # variants of GLRP: (name, overrides of the experiment's p
 
 PROFILES = dict(
     smoke=dict(data=None, phantom_patients=20, folds=5, run_folds=[0], seeds=[0], Ms=[10], val=2,
-               methods=list(METHODS), f=8, spacing=2.5, size=[64, 64],
+               methods=list(METHOD_PLANS), f=8, spacing=2.5, size=[64, 64],
                pretrain_epochs=4, local_epochs=2, pretrain_batch=32, pretrain_lr=0.02, warmup_epochs=1,
                finetune_epochs=12, finetune_batch=16, finetune_lr=3e-3,
                crf_grid=dict(bilat_sxy=[1.0, 2.0, 5.0], bilat_compat=[1.0, 3.0], iterations=[5]), crf_iterations=[0, 1, 2, 5, 10],
                ablation=ABLATION_DEFAULT, figures=True),
     cpu=dict(data='required', folds=5, run_folds=[0], seeds=[0], Ms=[10], val=5,
-             methods=list(METHODS), f=16, spacing=2.0, size=[128, 128],
+             methods=list(METHOD_PLANS), f=16, spacing=2.0, size=[128, 128],
              pretrain_epochs=20, local_epochs=5, pretrain_batch=32, pretrain_lr=0.02, warmup_epochs=2,
              finetune_epochs=60, finetune_batch=16, finetune_lr=1e-3,
              crf_grid=dict(bilat_sxy=[3.0, 5.0], bilat_schan=[10.0, 20.0], bilat_compat=[3.0, 5.0], iterations=[5]),
              crf_iterations=[0, 1, 2, 5, 10], ablation=[], figures=True),
     paper=dict(data='required', folds=5, run_folds=[0, 1, 2, 3, 4], seeds=[0], Ms=[2, 6, 10], val=10,
-               methods=list(METHODS), f=48, spacing=1.25, size=[352, 352],
+               methods=list(METHOD_PLANS), f=48, spacing=1.25, size=[352, 352],
                pretrain_epochs=100, local_epochs=100, pretrain_batch=32, pretrain_lr=0.1, warmup_epochs=10,
                finetune_epochs=100, finetune_batch=16, finetune_lr=1e-3,
                crf_grid=None, crf_iterations=[0, 1, 2, 5, 10], ablation=ABLATION_DEFAULT, figures=True),
@@ -353,11 +353,11 @@ def load_profile(profile, # a name in `PROFILES`, a dict, or a JSON file holding
         try: d = json.loads(Path(profile).read_text())
         except json.JSONDecodeError as e: raise DataError(profile, f"not a JSON profile: {e}") from None
         d.setdefault('name', Path(profile).stem)
-    else: raise ValueError(f"unknown profile {profile!r}: expected one of {', '.join(PROFILES)} or a JSON file")
+    else: raise InputError(f"unknown profile {profile!r}: expected one of {', '.join(PROFILES)} or a JSON file")
     base = d.pop('base', 'smoke')
-    if base not in PROFILES: raise ValueError(f"unknown base profile {base!r}")
+    if base not in PROFILES: raise InputError(f"unknown base profile {base!r}")
     unknown = set(d) - set(PROFILES[base]) - {'name'}
-    if unknown: raise ValueError(f"unknown profile keys: {', '.join(sorted(unknown))}")
+    if unknown: raise InputError(f"unknown profile keys: {', '.join(sorted(unknown))}")
     return dict(PROFILES[base]) | d
 
 def experiments(profile:dict, # from `load_profile`
@@ -368,7 +368,7 @@ def experiments(profile:dict, # from `load_profile`
                ) -> list:
     "The profile's experiments, in running order: main table, ablation, figures; their paths relative to each experiment's folder."
     if profile['data'] == 'required' and data is None:
-        raise ValueError(f"profile {profile.get('name', '')!r} needs real data: pass --data with the ACDC folder (the one holding training/)")
+        raise InputError(f"profile {profile.get('name', '')!r} needs real data: pass --data with the ACDC folder (the one holding training/)")
     out = Path(work).parent if out is None else Path(out)
     base = dict(data=None if data is None else str(Path(data).expanduser()), work=str(work), device=device,
                 phantom_patients=profile.get('phantom_patients', 20), **{k: profile[k] for k in COMMON})
@@ -390,8 +390,8 @@ def experiments(profile:dict, # from `load_profile`
     return exps
 
 # %% ../nbs/09_reproduce.ipynb #ef8e4008
-class NotebookError(Exception):
-    "A reproduction notebook that cannot be run (missing, or no `parameters` cell)."
+class NotebookError(InputError):
+    "A reproduction notebook that cannot be run (missing, or no `parameters` cell), or the `[repro]` extra missing: `glrp reproduce` exits with code 2."
 
 class Interrupted(Exception):
     "The runner got SIGTERM or SIGINT: its running experiments were stopped, without a result."
@@ -546,7 +546,7 @@ def main_table_markdown(rows:list, # from `result_rows`
     "Per method and M, without and with CRF: pooled Dice per class and mean (mean ± std over runs: folds x seeds), ACDC-style Dice and HD95, paper."
     rows = [r for r in rows if r['notebook'] == 'main_table' and r['split'] == split and r['crf'] in ('none', 'crf')]
     if not rows: return ''
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(METHOD_PLANS)}
     lines = ["| method | M | CRF | runs | Dice RV | Dice MYO | Dice LV | **Dice mean** | ACDC Dice | ACDC HD95 (mm) | paper | ours − paper |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (method, M, crf), rs in sorted(_groups(rows, ('method', 'M', 'crf')).items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99), kv[0][2] != 'none')):

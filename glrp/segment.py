@@ -12,8 +12,8 @@ import nibabel as nib
 import torch
 from scipy import ndimage as ndi
 from tqdm.auto import tqdm
-from .data import (CLASSES, ACDC_LABELS, MNMS_LABELS, PATIENT_RE, DataError, LayoutError, MissingFileError, ShapeError,
-                       PrepParams, prep_geometry, preprocess, restore, argmax0, save_nifti_like, atomic_path, load_nifti,
+from .data import (CLASSES, ACDC_LABELS, MNMS_LABELS, PATIENT_RE, InputError, DataError, LayoutError, MissingFileError,
+                       ShapeError, PrepParams, prep_geometry, preprocess, restore, argmax0, save_nifti_like, atomic_path, load_nifti,
                        nifti_header, patient_dirs)
 from .train import read_model, pick_device, fast_settings, autocast, to_input, read_crf_params
 
@@ -54,8 +54,8 @@ def acdc_frames(folder, # an ACDC-layout folder (`is_acdc`)
     folder = Path(folder)
     files, problems = [], []
     for d in ([folder] if _patient_folder(folder) else patient_dirs(folder)):
-        fs = sorted(f for f in d.iterdir() if re.match(rf'^{d.name}_frame\d\d\.nii\.gz$', f.name))
-        if fs: files += fs
+        frames = sorted(f for f in d.iterdir() if re.match(rf'^{d.name}_frame\d\d\.nii\.gz$', f.name))
+        if frames: files += frames
         else: problems.append(MissingFileError(d, f"no {d.name}_frameYY.nii.gz image in this patient folder"))
     return files, problems
 
@@ -113,7 +113,7 @@ def tile_starts(n:int, # pixels along one axis of the grid
                 overlap:float=0.5, # fraction of a tile that neighbours share (0 <= overlap < 1)
                ) -> list:
     "Start indices of tiles covering 0..n, neighbours sharing at least `overlap` of a tile, the first at 0 and the last flush with n."
-    if not 0 <= overlap < 1: raise ValueError(f"overlap must be in [0, 1), not {overlap}")
+    if not 0 <= overlap < 1: raise InputError(f"overlap must be in [0, 1), not {overlap}")
     if n <= tile: return [0]
     k = math.ceil((n - tile) / max(1, int(tile * (1 - overlap)))) + 1
     return [round(i * (n - tile) / (k - 1)) for i in range(k)]
@@ -132,11 +132,11 @@ def tile_weight(size:tuple, # (H, W) of a tile
 def softmax_tiles(model, # the segmentation UNet, in eval mode
                   tiles:torch.Tensor, # (N, H, W) float32 network inputs
                   device=None, # torch device; None: CPU
-                  fs:dict|None=None, # `fast_settings`; None: plain fp32
+                  fast_cfg:dict|None=None, # the fast path's settings, `glrp.train.fast_settings` (channels_last, autocast dtype); None: plain fp32
                  ) -> np.ndarray:
     "(N, C, H, W) float32 softmax of the network's logits."
-    device, fs = device or torch.device('cpu'), fs or dict(channels_last=False, amp=None)
-    with autocast(device, fs): logits = model(to_input(tiles[:, None], device, fs))
+    device, fast_cfg = device or torch.device('cpu'), fast_cfg or dict(channels_last=False, amp=None)
+    with autocast(device, fast_cfg): logits = model(to_input(tiles[:, None], device, fast_cfg))
     return logits.float().softmax(1).cpu().numpy()
 
 def window_probs(model, # the segmentation UNet, in eval mode
@@ -144,7 +144,7 @@ def window_probs(model, # the segmentation UNet, in eval mode
                  tile:tuple, # (h, w): the model's input size
                  overlap:float=0.5, # fraction of a tile that neighbouring tiles share
                  sigma:float|None=0.125, # Gaussian weight std (fraction of the tile); None: uniform
-                 device=None, fs:dict|None=None, # torch device (None: CPU) and `fast_settings` (None: fp32)
+                 device=None, fast_cfg:dict|None=None, # torch device (None: CPU) and `fast_settings` (None: fp32)
                  batch:int=16, # tiles per forward pass
                 ) -> np.ndarray:
     "(C, Z, H, W) class probabilities of the slices `x`: a sliding window of tiles, their softmax averaged with `tile_weight`."
@@ -155,7 +155,7 @@ def window_probs(model, # the segmentation UNet, in eval mode
     items, xt, acc = [(z, i, j) for z in range(Z) for i, j in pos], torch.from_numpy(np.ascontiguousarray(x, np.float32)), None
     for b in range(0, len(items), batch):
         chunk = items[b:b + batch]
-        p = softmax_tiles(model, torch.stack([xt[z, i:i + th, j:j + tw] for z, i, j in chunk]), device, fs)
+        p = softmax_tiles(model, torch.stack([xt[z, i:i + th, j:j + tw] for z, i, j in chunk]), device, fast_cfg)
         if acc is None: acc = np.zeros((p.shape[1], Z, H, W), np.float32)
         for (z, i, j), pk in zip(chunk, p): acc[:, z, i:i + th, j:j + tw] += pk * w
     return acc / norm
@@ -190,18 +190,18 @@ def network_probs(model, # the segmentation UNet, in eval mode
                   fov:str='heart', # 'heart', 'window' or 'centre' (see above)
                   lv:int|None=3, # the network channel of the LV (for 'heart')
                   overlap:float=0.5, # of the window's tiles
-                  device=None, fs:dict|None=None, # torch device (None: CPU) and `fast_settings` (None: fp32)
+                  device=None, fast_cfg:dict|None=None, # torch device (None: CPU) and `fast_settings` (None: fp32)
                   batch:int=16, # tiles per forward pass
                  ) -> np.ndarray:
     "(C, Z, H, W) class probabilities of `x`: sliding window, or the window's heart segmented again in one tile centred on it."
-    if fov not in FOVS: raise ValueError(f"fov must be one of {FOVS}, not {fov!r}")
-    p = window_probs(model, x, tile, overlap, device=device, fs=fs, batch=batch)
+    if fov not in FOVS: raise InputError(f"fov must be one of {FOVS}, not {fov!r}")
+    p = window_probs(model, x, tile, overlap, device=device, fast_cfg=fast_cfg, batch=batch)
     if fov != 'heart' or tuple(x.shape[1:]) == tuple(tile): return p
     c = heart_centre(p, lv)
     if c is None: return p  # nothing found anywhere: the window's (background) probabilities
     (i, j), (th, tw) = centred_tile(c, x.shape[1:], tile), tile
     xt = torch.from_numpy(np.ascontiguousarray(x[:, i:i + th, j:j + tw], np.float32))
-    q = np.concatenate([softmax_tiles(model, xt[b:b + batch], device, fs) for b in range(0, len(xt), batch)]).transpose(1, 0, 2, 3)
+    q = np.concatenate([softmax_tiles(model, xt[b:b + batch], device, fast_cfg) for b in range(0, len(xt), batch)]).transpose(1, 0, 2, 3)
     p = np.zeros_like(p); p[0] = 1.0
     p[:, :, i:i + th, j:j + tw] = q
     return p
@@ -214,17 +214,17 @@ def segment_array(image:np.ndarray, # native (X, Y, Z) intensities
                   fov:str='heart', # 'heart', 'window' or 'centre' (see The field of view)
                   crf=None, # `CRFParams` to refine with; None: no CRF
                   overlap:float=0.5, # of the window's tiles
-                  device=None, fs:dict|None=None, # torch device (None: CPU) and `fast_settings` (None: fp32)
+                  device=None, fast_cfg:dict|None=None, # torch device (None: CPU) and `fast_settings` (None: fp32)
                   batch:int=16, # tiles per forward pass
                   workers:int|None=None, # CRF processes; None: all cores
                   name='<array>', # the file, named in errors
                  ) -> np.ndarray:
     "(C, X, Y, Z) float32 class probabilities of one volume on its native grid, channels in the model's order."
-    if fov not in FOVS: raise ValueError(f"fov must be one of {FOVS}, not {fov!r}")
+    if fov not in FOVS: raise InputError(f"fov must be one of {FOVS}, not {fov!r}")
     params = PrepParams.from_dict(info['preprocessing'])
     grid = volume_grid(image.shape, spacing, params, info['network']['depth'])
     x, _, meta = preprocess(image, spacing, params if fov == 'centre' and params.size else replace(params, size=grid), name=name)
-    p = network_probs(model, x, params.size or grid, fov, info['labels'].get('LV'), overlap, device, fs, batch)
+    p = network_probs(model, x, params.size or grid, fov, info['labels'].get('LV'), overlap, device, fast_cfg, batch)
     if crf is not None:
         from glrp.crf import crf_refine
         p, _ = crf_refine(p, x, crf, workers=workers)
@@ -239,7 +239,7 @@ def label_order(model_labels:dict, # structure -> network channel (model.json's 
     "perm such that `probs[perm]` has label value v in channel v (0: background)."
     inv = {name: int(v) for v, name in label_map.items()}
     if set(inv) != set(model_labels) or sorted(inv.values()) != list(range(1, len(inv) + 1)):
-        raise ValueError(f"label map {label_map} must give the values 1..{len(model_labels)} to the model's structures {sorted(model_labels)}")
+        raise InputError(f"label map {label_map} must give the values 1..{len(model_labels)} to the model's structures {sorted(model_labels)}")
     perm = [0] * (len(inv) + 1)
     for name, ch in model_labels.items(): perm[inv[name]] = int(ch)
     return perm
@@ -299,7 +299,7 @@ def segment_file(path, # a 3D volume or 4D cine (.nii, .nii.gz)
                  split_frames:bool=False, # a cine: one 3D file per frame (else one 4D file)
                  save_probs:bool=False, # also write out/probs/NAME.npz
                  taken:set|None=None, # output names already written for other inputs (refused here)
-                 **kw, # `segment_array`'s fov, crf, overlap, device, fs, batch, workers
+                 **kw, # `segment_array`'s fov, crf, overlap, device, fast_cfg, batch, workers
                 ) -> list:
     "Segment one file; the label files written (none when it fails). Warns (`SpacingWarning`) when its spacing is far from the training range."
     path, out = Path(path), Path(out)
@@ -337,7 +337,7 @@ def crf_choice(info:dict, # model.json (`read_model`)
               ):
     "The `CRFParams` to refine with, or None for no CRF."
     if crf is False:
-        if crf_params is not None: raise ValueError("CRF parameters given with the CRF switched off (--no-crf): drop one of them")
+        if crf_params is not None: raise InputError("CRF parameters given with the CRF switched off (--no-crf): drop one of them")
         return None
     if crf_params is not None: return read_crf_params(crf_params)
     if info.get('crf'):
@@ -370,10 +370,10 @@ def segment(model, # a model folder (`export_model`, `glrp finetune`'s OUT/model
             progress:bool=True, # a tqdm bar over the inputs
            ) -> SegmentResult:
     "Segment every scan of `inputs` into `out` under its own name, on its native grid and header; failures are collected, not raised."
-    if fov not in FOVS: raise ValueError(f"fov must be one of {FOVS}, not {fov!r}")
+    if fov not in FOVS: raise InputError(f"fov must be one of {FOVS}, not {fov!r}")
     tile_starts(1, 1, overlap)  # a bad overlap fails before any work
     if isinstance(labels, str):
-        if labels not in OUTPUT_LABELS: raise ValueError(f"labels must be one of {sorted(OUTPUT_LABELS)} or a dict, not {labels!r}")
+        if labels not in OUTPUT_LABELS: raise InputError(f"labels must be one of {sorted(OUTPUT_LABELS)} or a dict, not {labels!r}")
         labels = OUTPUT_LABELS[labels]
     net, info = read_model(model) if isinstance(model, (str, os.PathLike)) else model
     label_order(info['labels'], labels)
@@ -381,11 +381,11 @@ def segment(model, # a model folder (`export_model`, `glrp finetune`'s OUT/model
     out = Path(out)
     if out.exists() and not out.is_dir(): raise DataError(out, "the output exists and is not a folder")
     files, failed = find_inputs(inputs)
-    dev = pick_device(device); fs = fast_settings(dev, fast)
+    dev = pick_device(device); fast_cfg = fast_settings(dev, fast)
     net = net.to(dev).eval()
-    if fs['channels_last']: net = net.to(memory_format=torch.channels_last)
+    if fast_cfg['channels_last']: net = net.to(memory_format=torch.channels_last)
     res = SegmentResult(failed=failed)
-    kw = dict(fov=fov, crf=crf_p, overlap=overlap, device=dev, fs=fs, batch=batch, workers=workers or None)
+    kw = dict(fov=fov, crf=crf_p, overlap=overlap, device=dev, fast_cfg=fast_cfg, batch=batch, workers=workers or None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         for f in tqdm(files, desc='segment', disable=not progress, leave=False):

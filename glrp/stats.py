@@ -8,7 +8,7 @@ import math
 from collections import Counter
 import numpy as np
 from scipy import stats as sps
-from .data import CLASSES
+from .data import CLASSES, InputError
 from .metrics import dice_from_counts
 
 # %% auto #0
@@ -38,10 +38,10 @@ def volume_records(structure_records, # per-structure records (`glrp.metrics.vol
         c = r['class']
         if c not in classes: continue
         v = vols.setdefault((r['patient'], r['phase']), dict(meta, patient=r['patient'], phase=r['phase']))
-        if f'dice_{c}' in v: raise ValueError(f"two {c} records for {r['patient']} {r['phase']}")
+        if f'dice_{c}' in v: raise InputError(f"two {c} records for {r['patient']} {r['phase']}")
         v.update({f'dice_{c}': _num(r['dice']), **{f'{k}_{c}': int(float(r[k])) for k in ('tp', 'n_pred', 'n_gt')}})
     for (p, ph), v in vols.items():
-        if lacking := [c for c in classes if f'dice_{c}' not in v]: raise ValueError(f"{p} {ph}: no record for {lacking}")
+        if lacking := [c for c in classes if f'dice_{c}' not in v]: raise InputError(f"{p} {ph}: no record for {lacking}")
     return list(vols.values())
 
 # %% ../nbs/12_stats.ipynb #32f903ec
@@ -81,16 +81,16 @@ def synthetic_records(methods=('random', 'pcl', 'glrp-global', 'glrp'), # method
 def check_uniform(records:list, # per-volume records
                   keys=UNIFORM_KEYS, # keys whose value must be one and the same
                  ) -> dict:
-    "{key: its one value} for the keys present; ValueError when records disagree on a key, or only some of them carry it."
+    "{key: its one value} for the keys present; InputError when records disagree on a key, or only some of them carry it."
     out = {}
     for k in keys:
         have = [r[k] for r in records if k in r]
         if not have: continue
         if len(have) < len(records):
-            raise ValueError(f"{k!r} is recorded in {len(have)} of {len(records)} records: cannot check that they agree")
+            raise InputError(f"{k!r} is recorded in {len(have)} of {len(records)} records: cannot check that they agree")
         vals = Counter(repr(v) for v in have)
         if len(vals) > 1:
-            raise ValueError(f"records mix {k} values ({', '.join(f'{v}: {n} records' for v, n in sorted(vals.items()))}); "
+            raise InputError(f"records mix {k} values ({', '.join(f'{v}: {n} records' for v, n in sorted(vals.items()))}); "
                              f"a table must not mix them: select one")
         out[k] = have[0]
     return out
@@ -102,18 +102,18 @@ def _mean(x) -> float:
     return float(x.mean()) if len(x) else math.nan
 
 def _runs(records:list) -> dict:
-    "Records grouped by run (method, M, fold, seed); ValueError on a missing key or a volume given twice."
+    "Records grouped by run (method, M, fold, seed); InputError on a missing key or a volume given twice."
     runs, seen = {}, set()
     for r in records:
-        if lacking := [k for k in REQUIRED if k not in r]: raise ValueError(f"record lacks {lacking}: {r}")
+        if lacking := [k for k in REQUIRED if k not in r]: raise InputError(f"record lacks {lacking}: {r}")
         run = (r['method'], r['M'], r['fold'], r.get('seed', 0))
         if (vol := run + (r['patient'], r['phase'])) in seen:
-            raise ValueError("volume given twice: " + ', '.join(f'{k}={v}' for k, v in zip(('method', 'M', 'fold', 'seed', 'patient', 'phase'), vol)))
+            raise InputError("volume given twice: " + ', '.join(f'{k}={v}' for k, v in zip(('method', 'M', 'fold', 'seed', 'patient', 'phase'), vol)))
         seen.add(vol); runs.setdefault(run, []).append(r)
     return runs
 
 def _get(r:dict, k:str):
-    if k not in r: raise ValueError(f"record lacks {k!r}: {r}")
+    if k not in r: raise InputError(f"record lacks {k!r}: {r}")
     return r[k]
 
 # %% ../nbs/12_stats.ipynb #8fa263eb

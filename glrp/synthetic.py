@@ -9,13 +9,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np
 from scipy import ndimage
+from .data import InputError
 
 # %% auto #0
 __all__ = ['GROUPS', 'LABELS', 'TISSUES', 'INTENSITY', 'TEXTURE', 'ACDC_AFFINE', 'smoothstep', 'wrap', 'bump', 'Heart',
            'lv_profile', 'rv_profile', 'lv_radii', 'square_grid', 'rv_crescent', 'base_vessels', 'heart_slice',
-           'tissue_signal', 'heart_q', 'plain', 'draw_heart', 'Body', 'in_ellipse', 'Scan', 'frame_phase', 'Grid',
-           'pixel_grid', 'paint', 'body_slice', 'slice_textures', 'acquire', 'file_values', 'Patient', 'draw_body',
-           'draw_scan', 'make_patient', 'slice_position', 'heart_coords', 'render_slice', 'frame_labels',
+           'tissue_signal', 'heart_q', 'python_numbers', 'draw_heart', 'Body', 'in_ellipse', 'Scan', 'frame_phase',
+           'Grid', 'pixel_grid', 'paint', 'body_slice', 'slice_textures', 'acquire', 'file_values', 'PhantomPatient',
+           'draw_body', 'draw_scan', 'make_patient', 'slice_position', 'heart_coords', 'render_slice', 'frame_labels',
            'render_frame', 'nifti_bytes', 'write_bytes', 'info_cfg', 'write_patient', 'write_phantom']
 
 # %% ../nbs/01_synthetic.ipynb #d7f6cafd
@@ -203,10 +204,10 @@ def heart_q(h:Heart, # the anatomy
     return (s - phase*h.descent)/(h.length - phase*(h.descent + h.apex_rise))
 
 # %% ../nbs/01_synthetic.ipynb #1514f5ee
-def plain(x):
+def python_numbers(x):
     "`x` with numpy scalars turned into Python numbers (also inside tuples and dataclasses)."
-    if hasattr(x, '__dataclass_fields__'): return replace(x, **{k: plain(getattr(x, k)) for k in x.__dataclass_fields__})
-    if isinstance(x, tuple): return tuple(plain(o) for o in x)
+    if hasattr(x, '__dataclass_fields__'): return replace(x, **{k: python_numbers(getattr(x, k)) for k in x.__dataclass_fields__})
+    if isinstance(x, tuple): return tuple(python_numbers(o) for o in x)
     if isinstance(x, np.generic): return x.item()
     return x
 
@@ -214,7 +215,7 @@ def draw_heart(rng:np.random.Generator, # random generator
                group:str, # one of `GROUPS`
               ) -> Heart:
     "A random heart of ACDC group `group`."
-    if group not in GROUPS: raise ValueError(f"unknown group {group!r}; expected one of {GROUPS}")
+    if group not in GROUPS: raise InputError(f"unknown group {group!r}; expected one of {GROUPS}")
     U, N = rng.uniform, rng.normal
     h = Heart(group=group, length=float(np.clip(N(90, 9), 65, 115)), r_lv=N(25.5, 1.5), wall=N(9, .6), septal=U(0, .1), ecc=U(0, .07),
               rv_width=N(27, 2), rv_span=U(1.2, 1.4), rv_top=U(-.12, -.03), rv_end=U(.8, .9), rv_angle=U(-.25, .25),
@@ -231,7 +232,7 @@ def draw_heart(rng:np.random.Generator, # random generator
     elif group == 'RV':
         h = replace(h, r_lv=N(23, 1.5), wall=N(6.5, .5), rv_width=N(33, 2.5), rv_span=U(1.4, 1.6), rv_end=U(.9, .97),
                     rv_squeeze=U(.9, .97), ecc=U(.06, .12), lv_squeeze=U(.66, .74))
-    return plain(replace(h, apex_rise=h.descent*U(.3, .6)))
+    return python_numbers(replace(h, apex_rise=h.descent*U(.3, .6)))
 
 # %% ../nbs/01_synthetic.ipynb #e6157f91
 @dataclass
@@ -384,7 +385,7 @@ def file_values(img, dtype:str) -> np.ndarray:
 
 # %% ../nbs/01_synthetic.ipynb #79b23691
 @dataclass
-class Patient:
+class PhantomPatient:
     "Everything needed to render one phantom patient."
     pid:int; seed:int; group:str; height:float; weight:float
     heart:Heart; body:Body; scan:Scan
@@ -397,7 +398,7 @@ def draw_body(rng:np.random.Generator, height:float, weight:float) -> Body:
     j = lambda e, d: (e[0] + N(0, d), e[1] + N(0, d), e[2]*U(.85, 1.15), e[3]*U(.85, 1.15), e[4] + N(0, .15))
     b = Body()
     t = j(b.torso, 8)
-    return plain(Body(torso=(t[0], t[1], t[2]*k, t[3]*k, t[4]), fat=float(np.clip(8 + 1.1*(bmi - 20) + N(0, 3), 5, 35)),
+    return python_numbers(Body(torso=(t[0], t[1], t[2]*k, t[3]*k, t[4]), fat=float(np.clip(8 + 1.1*(bmi - 20) + N(0, 3), 5, 35)),
                       muscle=U(8, 16), lung_l=j(b.lung_l, 8), lung_r=j(b.lung_r, 8), liver=j(b.liver, 10), liver_rise=U(.6, 1.),
                       stomach=j(b.stomach, 10), spine=(b.spine[0] + N(0, 8), b.spine[1] + N(0, 8)),
                       tilt=(N(.12, .06), N(.06, .06)), heart_angle=N(0, .2)))
@@ -415,7 +416,7 @@ def draw_scan(rng:np.random.Generator, heart:Heart) -> Scan:
     n = int(np.clip(math.floor((end - first)/th) + 1, 6, 18))
     nb = int(rng.choice([30, 28, 35, 25, 20, 16, 13], p=[.44, .14, .11, .06, .1, .09, .06]))
     dt = str(rng.choice(['float32', 'int16', 'uint8'], p=[.58, .36, .06]))
-    return plain(Scan(shape=(X, Y), spacing=sp, thickness=th, n_slices=n, first=first, offset=(N(-5, 12), N(-5, 12)),
+    return python_numbers(Scan(shape=(X, Y), spacing=sp, thickness=th, n_slices=n, first=first, offset=(N(-5, 12), N(-5, 12)),
                       angle=N(0, .35), nb_frame=nb, ed=1, es=int(round(U(.3, .45)*nb)) + 1, dtype=dt,
                       scale=U(150, 210) if dt != 'int16' else U(250, 1400), noise=U(.01, .03),
                       contrast=tuple(U(.85, 1.15, len(TISSUES))), gamma=U(.85, 1.15),
@@ -425,22 +426,22 @@ def draw_scan(rng:np.random.Generator, heart:Heart) -> Scan:
 def make_patient(pid:int, # patient number; sets the group, `GROUPS[(pid-1) % 5]`, unless `group` is given
                  seed:int=0, # phantom seed: (seed, pid) fixes the patient
                  group:str|None=None, # override the group
-                ) -> Patient:
+                ) -> PhantomPatient:
     "Draw one phantom patient: group, height, weight, heart, surroundings and acquisition."
-    if int(seed) < 0 or int(pid) < 0: raise ValueError(f"seed and pid must be >= 0, got seed={seed}, pid={pid}")
+    if int(seed) < 0 or int(pid) < 0: raise InputError(f"seed and pid must be >= 0, got seed={seed}, pid={pid}")
     rng = np.random.default_rng([int(seed), int(pid), 0])
     group = group or GROUPS[(pid - 1) % len(GROUPS)]
     height = float(np.clip(round(rng.normal(170, 9)), 140, 195))
     weight = float(np.clip(round(rng.normal(75, 13)), 40, 130))
     heart = draw_heart(rng, group)
-    return Patient(int(pid), int(seed), group, height, weight, heart, draw_body(rng, height, weight), draw_scan(rng, heart))
+    return PhantomPatient(int(pid), int(seed), group, height, weight, heart, draw_body(rng, height, weight), draw_scan(rng, heart))
 
 # %% ../nbs/01_synthetic.ipynb #0b51c532
-def slice_position(pat:Patient, i:int) -> float:
+def slice_position(pat:PhantomPatient, i:int) -> float:
     "Position of slice `i` in mm from the ED base plane towards the apex."
     return pat.scan.first + i*pat.scan.thickness
 
-def heart_coords(pat:Patient, g:Grid, s:float) -> tuple:
+def heart_coords(pat:PhantomPatient, g:Grid, s:float) -> tuple:
     "Box of the pixels the heart can touch in the slice at `s` mm, and their heart-frame coordinates x, y (mm)."
     b = pat.body
     hu, hv = b.tilt[0]*s, b.tilt[1]*s                       # the LV centre drifts along the tilted long axis
@@ -449,7 +450,7 @@ def heart_coords(pat:Patient, g:Grid, s:float) -> tuple:
     du, dv = g.u[box] - np.float32(hu), g.v[box] - np.float32(hv)
     return box, c*du + sn*dv, c*dv - sn*du
 
-def render_slice(pat:Patient, # the patient
+def render_slice(pat:PhantomPatient, # the patient
                  i:int, # slice index (0 = base)
                  phase:float, # contraction: 0 at ED, 1 at ES
                  g:Grid|None=None, tex:tuple|None=None, # precomputed `pixel_grid` and `slice_textures` (for speed)
@@ -464,7 +465,7 @@ def render_slice(pat:Patient, # the patient
     tis[box] = np.where(ht > 0, ht, tis[box])
     return tissue_signal(tis, coarse, fine, pat.scan.contrast), lab, tis
 
-def frame_labels(pat:Patient, frame:int, g:Grid|None=None) -> np.ndarray:
+def frame_labels(pat:PhantomPatient, frame:int, g:Grid|None=None) -> np.ndarray:
     "Label volume (uint8, X, Y, Z) of cine frame `frame` (1-based), without rendering the image."
     sc, g = pat.scan, g or pixel_grid(pat.scan)
     phase, out = frame_phase(frame, sc.ed, sc.es, sc.nb_frame), np.zeros((*sc.shape, sc.n_slices), np.uint8)
@@ -474,7 +475,7 @@ def frame_labels(pat:Patient, frame:int, g:Grid|None=None) -> np.ndarray:
         out[box + (i,)] = heart_slice(pat.heart, x, y, heart_q(pat.heart, s, phase), phase)[0]
     return out
 
-def render_frame(pat:Patient, # the patient
+def render_frame(pat:PhantomPatient, # the patient
                  frame:int, # cine frame, 1-based
                  g:Grid|None=None, texs:list|None=None, # precomputed `pixel_grid` and per-slice `slice_textures`
                 ) -> tuple:
@@ -512,14 +513,14 @@ def write_bytes(path, data:bytes, gz:bool|None=None) -> Path:
         if tmp.exists(): tmp.unlink()
     return path
 
-def info_cfg(pat:Patient) -> str:
+def info_cfg(pat:PhantomPatient) -> str:
     "The patient's `Info.cfg` text, keys and formats as in ACDC."
     sc = pat.scan
     return (f'ED: {sc.ed}\nES: {sc.es}\nGroup: {pat.group}\nHeight: {pat.height:.1f}\n'
             f'NbFrame: {sc.nb_frame}\nWeight: {pat.weight:.1f}\n')
 
 # %% ../nbs/01_synthetic.ipynb #8efe8aaa
-def write_patient(pat:Patient, # the patient
+def write_patient(pat:PhantomPatient, # the patient
                   folder, # its folder, e.g. `out/training/patient001` (created)
                   cine:bool=False, # also write the 4D cine
                  ) -> Path:
@@ -550,9 +551,9 @@ def write_phantom(out, # output root; patients go to `out/<split>/patientXXX/`
                  ) -> Path:
     "Write a synthetic dataset in ACDC layout (patients `start_id`.. `start_id+n_patients-1`); returns `out`."
     if n_patients < 0 or start_id < 0 or start_id + n_patients - 1 > 999:
-        raise ValueError(f"patient numbers {start_id}..{start_id + n_patients - 1} must lie in 0..999")
-    if not 0 <= cine <= max(n_patients, 0): raise ValueError(f"cine={cine} must lie in 0..n_patients={n_patients}")
-    if not split or Path(split).name != split: raise ValueError(f"split must be a plain folder name, got {split!r}")
+        raise InputError(f"patient numbers {start_id}..{start_id + n_patients - 1} must lie in 0..999")
+    if not 0 <= cine <= max(n_patients, 0): raise InputError(f"cine={cine} must lie in 0..n_patients={n_patients}")
+    if not split or Path(split).name != split: raise InputError(f"split must be a plain folder name, got {split!r}")
     out = Path(out)
     for k in range(n_patients):
         pid = start_id + k

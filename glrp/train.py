@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 from tqdm.auto import tqdm
-from .data import DataError, ShapeError, PrepParams, Source, as_source, index_acdc, load_case
+from .data import InputError, DataError, ShapeError, PrepParams, Source, as_source, index_acdc, load_case
 from .data import preprocess_dataset, restore, save_nifti_like, atomic_path, provenance
 from .partition import read_manifest, fold_volumes, slice_positions, slice_partitions, manifest_root
 from .unet import NORMS, UNet, load_pretrained, WeightMismatchError, is_pcl_state_dict, pcl_config, load_pcl, read_pcl
-from .losses import METHODS, contrastive_loss, positive_weights, local_loss, seg_loss
+from .losses import METHODS, contrastive_loss, positive_weights, local_loss, region_features, seg_loss
 from .metrics import class_counts, dice_from_counts
 from .augment import AugParams, two_views, augment_pair
 from . import distributed as gdist
@@ -23,20 +23,21 @@ from . import distributed as gdist
 # %% auto #0
 __all__ = ['STAGES', 'SLICE_RULES', 'PRECISIONS', 'RESUME_FREE', 'PREDICT_ROLES', 'MODEL_FORMAT', 'ConfigError',
            'DivergenceError', 'PretrainConfig', 'FinetuneConfig', 'field_help', 'volume_source', 'slice_meta',
-           'SliceDataset', 'load_slices', 'epoch_batches', 'pick_device', 'bf16_supported', 'fast_settings', 'numerics',
-           'autocast', 'to_input', 'rng_state', 'set_rng_state', 'save_checkpoint', 'read_weights', 'nonfinite_tensors',
-           'load_checkpoint', 'check_checkpoint', 'clean_stale_temporaries', 'write_json', 'write_log', 'relative_to',
-           'run_paths', 'recorded_path', 'run_record', 'ProjNet', 'method_kwargs', 'pretrain_phases', 'phase_of',
-           'set_phase', 'set_train_mode', 'pretrain_loss', 'warmup_cosine', 'check_step', 'Stage', 'fit', 'Pretraining',
-           'pretrain', 'predict_probs', 'pooled_dice', 'spacing_range', 'Finetuning', 'finetune', 'segmentation_model',
-           'read_crf_params', 'predict', 'export_model', 'read_model']
+           'SliceDataset', 'cine_subset', 'load_slices', 'epoch_batches', 'pick_device', 'bf16_supported',
+           'fast_settings', 'numerics', 'autocast', 'to_input', 'rng_state', 'set_rng_state', 'save_checkpoint',
+           'read_weights', 'nonfinite_tensors', 'load_checkpoint', 'check_checkpoint', 'clean_stale_temporaries',
+           'write_json', 'write_log', 'relative_to', 'run_paths', 'recorded_path', 'run_record', 'ProjNet',
+           'method_kwargs', 'pretrain_phases', 'phase_of', 'set_phase', 'set_train_mode', 'pretrain_loss',
+           'warmup_cosine', 'check_step', 'Stage', 'fit', 'Pretraining', 'pretrain', 'predict_probs', 'pooled_dice',
+           'spacing_range', 'Finetuning', 'finetune', 'segmentation_model', 'read_crf_params', 'predict',
+           'export_model', 'read_model']
 
 # %% ../nbs/06_train.ipynb #fec7c4d1
 STAGES = ('global', 'local', 'global+local', 'joint')
 SLICE_RULES = ('manifest', 'glrp', 'pcl')  # where the slice positions and GCL partitions of pretraining come from
 PRECISIONS = ('auto', 'fp32', 'bf16')  # autocast of the fast path
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     "A setting that cannot run (named, with the value and what is allowed); raised before any data is read."
 
 class DivergenceError(RuntimeError):
@@ -63,6 +64,7 @@ def _check_common(c):
     _check(c.size is None or (len(c.size) == 2 and min(c.size) >= 1), f"size must be two positive integers (H W), got {c.size}")
     _check(_finite(c.spacing) and c.spacing > 0, f"spacing must be a positive number of mm, got {c.spacing}")
     for name in ('epochs', 'f', 'depth'): _check(getattr(c, name) >= 1, f"{name} must be >= 1, got {getattr(c, name)}")
+    _check(c.size is None or all(s % 2**c.depth == 0 for s in c.size), f"size must be divisible by 2**depth = {2**c.depth} (the UNet pools depth times), got {c.size}")
     _check(c.max_steps is None or c.max_steps >= 1, f"max_steps must be >= 1 or None, got {c.max_steps}")
     _check(c.workers >= 0, f"workers must be >= 0 (0: all cores), got {c.workers}")
     _check(_finite(c.lr) and c.lr > 0, f"lr must be a finite number > 0, got {c.lr}")
@@ -122,13 +124,14 @@ class PretrainConfig(_Config):
     norm: str = 'batch'  # UNet normalisation: batch, instance, group, none
     proj_dim: int = 512  # embedding size of both heads
     local_level: int = 2  # decoder block the local head reads (2: 1/4 resolution at depth 4)
+    cine_frames: int|None = None  # cine frames per patient added to ED and ES in the pool, evenly spread over the cycle; None: every frame (PCL's pool)
     aug: dict = field(default_factory=dict)  # overrides of AugParams.contrastive() (JSON on the command line)
     seed: int = 0  # seed of weights, sampling and augmentation
     device: str = 'auto'  # cpu, cuda or auto
     fast: bool = True  # channels_last + bf16 autocast where the hardware supports it
     precision: str = 'auto'  # fast path's autocast: 'auto' (bf16 where the hardware runs it natively), 'bf16' or 'fp32' (pin it so numbers do not depend on the CPU)
     workers: int = 0  # processes filling the preprocessed cache; 0: all cores
-    max_steps: int|None = None  # cap on steps per epoch (quick runs); None: the whole pool
+    max_steps: int|None = None  # cap on steps per epoch, drawn afresh from the whole pool each epoch: bounds an epoch's cost whatever the pool; None: the whole pool
     progress: bool = True  # tqdm progress bars
 
     def __post_init__(self):
@@ -139,6 +142,7 @@ class PretrainConfig(_Config):
         _check(self.kernel in ('tent', 'gaussian', 'hard'), f"kernel must be tent, gaussian or hard, not {self.kernel!r}")
         _check_common(self)
         _check(self.batch >= 2, f"batch must be >= 2 (a contrastive batch needs two slices), got {self.batch}")
+        _check(self.cine_frames is None or self.cine_frames >= 0, f"cine_frames must be >= 0 or None, got {self.cine_frames}")
         _check(self.local_epochs is None or self.local_epochs >= 1, f"local_epochs must be >= 1 or None, got {self.local_epochs}")
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _check(self.local_lr is None or (_finite(self.local_lr) and self.local_lr > 0), f"local_lr must be a finite number > 0 or None, got {self.local_lr}")
@@ -168,12 +172,13 @@ class FinetuneConfig(_Config):
     depth: int = 4  # UNet levels (idem)
     norm: str = 'batch'  # UNet normalisation (idem)
     epochs: int = 100  # training epochs
+    steps: int|None = None  # total optimiser steps instead: epochs = ceil(steps / steps per epoch), so M = 2 and M = 10 train equally long; None: `epochs`
     batch: int = 16  # slices per step, over all processes
     lr: float = 1e-3  # Adam learning rate (cosine schedule to 0)
     wd: float = 0.0  # Adam weight decay
     ce_weight: float = 1.0  # weight of the cross-entropy
     dice_weight: float = 1.0  # weight of the soft Dice loss
-    val_every: int = 1  # validate every this many epochs (and after the last)
+    val_every: int = 1  # validate every this many epochs (and after the last); 0: ten times per run, evenly spread (for `steps`, whose epochs depend on M)
     aug: dict = field(default_factory=dict)  # overrides of AugParams.finetune() (JSON on the command line)
     seed: int = 0  # seed of weights, sampling and augmentation
     device: str = 'auto'  # cpu, cuda or auto
@@ -188,7 +193,8 @@ class FinetuneConfig(_Config):
         self.parts = (self.parts,) if isinstance(self.parts, str) else tuple(self.parts)
         _check_common(self)
         _check(self.batch >= 1, f"batch must be >= 1, got {self.batch}")
-        _check(self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}")
+        _check(self.steps is None or self.steps >= 1, f"steps must be >= 1 or None, got {self.steps}")
+        _check(self.val_every >= 0, f"val_every must be >= 0 (0: ten times per run), got {self.val_every}")
         _check(bool(self.parts) and set(self.parts) <= {'encoder', 'decoder', 'head'}, f"parts must be among encoder, decoder, head, got {self.parts}")
         for name in ('ce_weight', 'dice_weight'): _check(_finite(getattr(self, name)) and getattr(self, name) >= 0, f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         _check(self.ce_weight + self.dice_weight > 0, "ce_weight and dice_weight are both 0: nothing to train")
@@ -262,6 +268,20 @@ class SliceDataset(torch.utils.data.Dataset):
         "The slice range of volume `k`."
         return slice(int(self.starts[k]), int(self.starts[k + 1]))
 
+def cine_subset(recs:list, # volume records of a manifest
+                k:int, # cine frames to keep per patient
+               ) -> list:
+    "`recs` with at most `k` cine frames per patient, evenly spread over its frames (ED, ES and others untouched)."
+    cines = {}
+    for v in recs:
+        if v['phase'] == 'cine': cines.setdefault(v['patient'], []).append(v['frame'])
+    keep = set()
+    for p, frames in cines.items():
+        frames = sorted(frames)
+        idx = np.linspace(0, len(frames) - 1, min(k, len(frames))).round().astype(int) if k else []
+        keep |= {(p, frames[i]) for i in idx}
+    return [v for v in recs if v['phase'] != 'cine' or (v['patient'], v['frame']) in keep]
+
 def load_slices(manifest:dict, # the manifest
                 fold:int, # fold number
                 role:str, # 'pool' (pretraining), 'labeled', 'val', 'test', 'train' or 'all' (every labeled volume)
@@ -271,9 +291,11 @@ def load_slices(manifest:dict, # the manifest
                 workers:int=0, # processes filling the cache; 0: all cores
                 labels:bool=True, # keep the labels (False for the pool)
                 rule:str='manifest', # slice positions and partitions: the manifest's, or 'glrp' / 'pcl' recomputed
+                cine_frames:int|None=None, # cine frames kept per patient (`cine_subset`); None: all
                ) -> SliceDataset:
     "The slices of `role` in `fold`, preprocessed through the cache, with the manifest's slice metadata."
     recs = [v for v in manifest['volumes'] if v['labeled']] if role == 'all' else fold_volumes(manifest, fold, role)
+    if cine_frames is not None: recs = cine_subset(recs, cine_frames)
     root = manifest_root(manifest, data)  # names a moved dataset folder, and the --data override
     pats = {p.id: p for p in index_acdc(root, labels=False)}
     srcs = [volume_source(v, pats) for v in recs]
@@ -321,7 +343,7 @@ def epoch_batches(n:int, # slices
 def pick_device(device:str='auto') -> torch.device:
     "'auto': CUDA when available, else CPU."
     if device == 'auto': device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if str(device).startswith('cuda') and not torch.cuda.is_available(): raise ValueError("device 'cuda' asked for, but CUDA is not available")
+    if str(device).startswith('cuda') and not torch.cuda.is_available(): raise ConfigError("device 'cuda' asked for, but CUDA is not available")
     return torch.device(device)
 
 def bf16_supported(device:torch.device) -> bool:
@@ -529,7 +551,7 @@ def pretrain_loss(net:nn.Module, # `ProjNet` (or its DDP wrapper)
         loss = loss + contrastive_loss(feats, W, T=cfg.T, anchors=anchors, base_temperature=cfg.base_temperature)
     if zl is not None:
         k = cfg.n_regions
-        r = gdist.pool_regions(zl.float().view(2, n, *zl.shape[1:]).transpose(0, 1), k, cfg.region_size)  # [n, 2, d, k, k]
+        r = region_features(zl, k, cfg.region_size).view(2, n, k, k, -1).permute(1, 0, 4, 2, 3)  # [n, 2, d, k, k] (fp32), pooled before any copy
         r = gdist.gather_with_grad(r.contiguous())
         lw = W if cfg.local_positions else None
         ll = local_loss(r, lw, n_regions=k, size=1, T=cfg.T, anchors=anchors)
@@ -554,10 +576,10 @@ def _model_args(cfg) -> dict:
 RESUME_FREE = ('progress', 'device', 'workers', 'out', 'manifest', 'data', 'cache')  # may change between a run and its resumption
 
 def _check_resume(ck:dict, cfg, path):
-    "ValueError naming the fields where `cfg` differs from the checkpoint's config."
+    "`ConfigError` naming the fields where `cfg` differs from the checkpoint's config."
     old, new = ck['config'], cfg.to_dict()
     diff = [k for k in new if k not in RESUME_FREE and old.get(k) != new[k]]
-    if diff: raise ValueError(f"{path}: cannot resume with a different config ({', '.join(f'{k}: {old.get(k)!r} -> {new[k]!r}' for k in diff)})")
+    if diff: raise ConfigError(f"{path}: cannot resume with a different config ({', '.join(f'{k}: {old.get(k)!r} -> {new[k]!r}' for k in diff)})")
 
 def _ranks_rng(gen, info) -> list:
     "Every process's generator states (gathered to all; one entry per rank)."
@@ -675,7 +697,8 @@ class Pretraining(Stage):
         self.fs = fast_settings(self.device, cfg.fast, cfg.precision)
         self.manifest = read_manifest(cfg.manifest)
         cache = cfg.cache or Path(cfg.manifest).parent/'cache'
-        self.ds = load_slices(self.manifest, cfg.fold, 'pool', cfg.prep(), cache, cfg.data, cfg.workers, labels=False, rule=cfg.positions)
+        self.ds = load_slices(self.manifest, cfg.fold, 'pool', cfg.prep(), cache, cfg.data, cfg.workers, labels=False, rule=cfg.positions,
+                              cine_frames=cfg.cine_frames)
         if len(self.ds) < 2: raise DataError(cfg.manifest, f"fold {cfg.fold}'s pool has {len(self.ds)} slice(s); pretraining needs at least 2")
         gdist.seed_everything(cfg.seed, info.rank)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
@@ -803,11 +826,13 @@ class Finetuning(Stage):
         if self.fs['channels_last']: self.model = self.model.to(memory_format=torch.channels_last)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1009 + info.rank)
         self.aug = AugParams.finetune(**cfg.aug)
-        self.epochs, self.drop_last = cfg.epochs, len(self.ds) > cfg.batch
+        self.drop_last = len(self.ds) > cfg.batch
         steps = len(epoch_batches(len(self.ds), cfg.batch, cfg.seed, 0, self.drop_last, info.rank, info.world, cfg.max_steps))
+        self.epochs = cfg.epochs if cfg.steps is None else -(-cfg.steps // steps)
+        self.val_every = cfg.val_every or max(1, self.epochs // 10)
         self.params = list(self.model.parameters())
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.wd)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, cfg.epochs * steps))
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, self.epochs * steps))
         self.best, self.net = dict(epoch=None, dice=-1.0), None
 
     def resume(self, ck):
@@ -824,7 +849,7 @@ class Finetuning(Stage):
         "Validate (every `val_every` epochs and after the last); a better pooled Dice is saved as best.pt."
         cfg, val = self.cfg, self.val
         row['val_dice'] = None
-        if not len(val) or ((epoch + 1) % cfg.val_every and epoch + 1 != cfg.epochs): return
+        if not len(val) or ((epoch + 1) % self.val_every and epoch + 1 != self.epochs): return
         probs = predict_probs(self.model, val, self.device, self.fs, cfg.batch)
         row['val_dice'], per = pooled_dice([p.argmax(0) for p in probs], [val.labels[val.volume(k)].numpy() for k in range(len(probs))])
         row.update({f'val_{c}': d for c, d in zip(('RV', 'MYO', 'LV'), per)})
@@ -836,7 +861,7 @@ class Finetuning(Stage):
     def state(self): return dict(best=self.best)
     def record(self):
         fr = self.manifest['folds'][self.cfg.fold]
-        return dict(model_args=self.model_args, loaded=len(self.loaded), labeled=fr['labeled'], val=fr['val'], train_slices=len(self.ds),
+        return dict(model_args=self.model_args, loaded=len(self.loaded), epochs=self.epochs, val_every=self.val_every, labeled=fr['labeled'], val=fr['val'], train_slices=len(self.ds),
                     val_slices=len(self.val), spacing_range=spacing_range(self.ds.cases + self.val.cases))
     def summary(self): return dict(best_epoch=self.best['epoch'], best_val_dice=self.best['dice'])
 
@@ -962,7 +987,7 @@ def export_model(checkpoint, # a fine-tuned checkpoint (best.pt of glrp finetune
     info = dict(format=MODEL_FORMAT, version=1, network=dict(in_ch=1, n_classes=4, **ck['model_args']),
                 preprocessing=cfg.prep().to_dict(), labels=dict(RV=1, MYO=2, LV=3), crf=crf,
                 training=dict(method=method, pretrained=None if not cfg.pretrained else Path(cfg.pretrained).name, fold=cfg.fold,
-                              labeled=run.get('labeled'), val=run.get('val'), epochs=cfg.epochs, best_epoch=ck.get('epoch'),
+                              labeled=run.get('labeled'), val=run.get('val'), epochs=run.get('epochs', cfg.epochs), best_epoch=ck.get('epoch'),
                               val_dice=ck.get('val_dice'), data_hash=run.get('data_hash'), spacing_range=run.get('spacing_range')),
                 software=provenance())
     save_checkpoint(dict(format=MODEL_FORMAT, model=ck['model'], model_args=ck['model_args']), out/'weights.pt')

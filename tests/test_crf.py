@@ -5,7 +5,8 @@ import pytest
 from scipy import ndimage as ndi
 from glrp.data import ShapeError, IntensityError
 from glrp.crf import (CRFParams, ProbabilityError, check_inputs, rescale_intensity, crf_slice, crf_refine,
-                      simulate_prediction, mean_dice, tune_crf)
+                      mean_dice, tune_crf)
+from glrp.testing import simulate_prediction
 
 def disk_slice(h=64, w=80, island_r=3., conf=4., seed=0):
     "(image, ground truth, probabilities, island mask): a bright disk (class 3) and a wrong island of class 3 in a homogeneous background."

@@ -251,7 +251,7 @@ def test_cine_volumes_and_sources(pats):
     srcs = cine_sources(p)
     assert [s.t for s in srcs] == list(range(1, T + 1)) and all(s.label is None for s in srcs)
     c = load_case(srcs[-1], SMALL)
-    assert c.label is None and c.image.shape == (p.frames[0].shape[2], 96, 96) and c.name.endswith(f'_4d_t{T:02d}')
+    assert c.label is None and c.image.shape == (p.frames[0].shape[2], 96, 96) and c.name.endswith(f'_4d_frame{T:02d}')
     x, _, _ = preprocess(vols[-1][1], p.frames[0].spacing, SMALL)
     assert np.array_equal(c.image, x)
     assert list(cine_volumes(next(p for p in pats if not p.cine))) == []

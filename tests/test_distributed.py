@@ -1,12 +1,13 @@
 "Distributed helpers: one-process fallbacks, launch errors, 2 gloo ranks x B against 1 process x 2B (loss and DDP gradients), a real torchrun launch."
-import os, socket, subprocess, sys, textwrap, time
+import os, subprocess, sys, textwrap, time
 import pytest
 from conftest import run_process_group
 import torch
 from glrp.distributed import (DistInfo, LaunchError, init_distributed, is_main, is_distributed, gather_with_grad,
-                              gather_nograd, gather_batch, global_anchors, pool_regions, seed_everything, shard,
-                              reduce_mean, check_ddp_equivalence, _loopback_iface)
-from glrp.losses import contrastive_loss, local_loss, positive_weights
+                              gather_nograd, gather_batch, global_anchors, seed_everything, shard,
+                              reduce_mean)
+from glrp.testing import check_ddp_equivalence, free_port, loopback_iface
+from glrp.losses import contrastive_loss, local_loss, positive_weights, pool_regions
 
 TORCH_ENV = ('WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
 
@@ -93,10 +94,6 @@ print(f'OK rank={r} world={info.world} backend={info.backend}', flush=True)
 cleanup_distributed()
 '''
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
 @pytest.mark.timeout(120)
 def test_torchrun_two_processes(tmp_path):
     "A real `torchrun --nproc_per_node=2` launch on 127.0.0.1: init_distributed picks gloo, world 2; the gathers work."
@@ -104,9 +101,9 @@ def test_torchrun_two_processes(tmp_path):
     script.write_text(TORCHRUN_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in TORCH_ENV}
     env.update(OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')  # CPU ranks: gloo even on a GPU machine
-    if _loopback_iface(): env['GLOO_SOCKET_IFNAME'] = _loopback_iface()  # loopback only
+    if loopback_iface(): env['GLOO_SOCKET_IFNAME'] = loopback_iface()  # loopback only
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes=1', '--nproc_per_node=2',
-           '--master_addr=127.0.0.1', f'--master_port={_free_port()}', str(script)]
+           '--master_addr=127.0.0.1', f'--master_port={free_port()}', str(script)]
     t = time.time()
     out = run_process_group(cmd, timeout=100, env=env, cwd=tmp_path)
     print(f'torchrun: {time.time() - t:.1f} s')
