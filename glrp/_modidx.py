@@ -286,6 +286,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'glrp.reproduce.main_table_markdown': ('reproduce.html#main_table_markdown', 'glrp/reproduce.py'),
                                 'glrp.reproduce.markdown_rows': ('reproduce.html#markdown_rows', 'glrp/reproduce.py'),
                                 'glrp.reproduce.method_plan': ('reproduce.html#method_plan', 'glrp/reproduce.py'),
+                                'glrp.reproduce.notebook_parameters': ('reproduce.html#notebook_parameters', 'glrp/reproduce.py'),
                                 'glrp.reproduce.notebooks_folder': ('reproduce.html#notebooks_folder', 'glrp/reproduce.py'),
                                 'glrp.reproduce.paired_markdown': ('reproduce.html#paired_markdown', 'glrp/reproduce.py'),
                                 'glrp.reproduce.paired_records': ('reproduce.html#paired_records', 'glrp/reproduce.py'),

@@ -22,15 +22,15 @@ from .metrics import evaluate_folder
 from .stats import volume_records, summary_table, stats_markdown
 
 # %% auto #0
-__all__ = ['PCL_CODE', 'METHOD_PLANS', 'PATH_PARAMS', 'RECORD_PATHS', 'PAPER', 'ABLATION_DEFAULT', 'PROFILES', 'COMMON',
-           'CSV_FIELDS', 'REPRO_MODULES', 'canonical_json', 'short_hash', 'file_lock', 'experiment_data',
-           'split_folders', 'experiment_manifest', 'testing_manifest', 'method_plan', 'pretraining_protocol',
-           'pretraining_folder', 'pretrained_encoder', 'finetuned_model', 'validation_crf', 'evaluation',
-           'markdown_rows', 'read_log', 'relative_path', 'resolve_path', 'result_record', 'write_result', 'Experiment',
-           'load_profile', 'experiments', 'NotebookError', 'Interrupted', 'check_parameters_cell', 'notebooks_folder',
-           'result_path', 'is_done', 'run_notebook', 'descendants', 'stop_tree', 'result_rows', 'results_csv',
-           'main_table_markdown', 'ablation_markdown', 'paired_records', 'paired_markdown', 'results_markdown',
-           'check_repro_installed', 'stop_children_on_signal', 'reproduce']
+__all__ = ['PCL_CODE', 'METHOD_PLANS', 'PATH_PARAMS', 'RECORD_PATHS', 'NOT_PARAMETERS', 'PAPER', 'ABLATION_DEFAULT',
+           'PROFILE_DEFAULTS', 'PROFILES', 'COMMON', 'CSV_FIELDS', 'REPRO_MODULES', 'canonical_json', 'short_hash',
+           'file_lock', 'experiment_data', 'split_folders', 'experiment_manifest', 'testing_manifest', 'method_plan',
+           'pretraining_protocol', 'pretraining_folder', 'pretrained_encoder', 'finetuned_model', 'validation_crf',
+           'evaluation', 'markdown_rows', 'read_log', 'relative_path', 'resolve_path', 'notebook_parameters',
+           'result_record', 'write_result', 'Experiment', 'load_profile', 'experiments', 'NotebookError', 'Interrupted',
+           'check_parameters_cell', 'notebooks_folder', 'result_path', 'is_done', 'run_notebook', 'descendants',
+           'stop_tree', 'result_rows', 'results_csv', 'main_table_markdown', 'ablation_markdown', 'paired_records',
+           'paired_markdown', 'results_markdown', 'check_repro_installed', 'stop_children_on_signal', 'reproduce']
 
 # %% ../nbs/09_reproduce.ipynb #e8697256
 def canonical_json(obj) -> str:
@@ -269,6 +269,14 @@ def resolve_path(path, # a path recorded in a result JSON or parameters file in 
     "The absolute path that a recorded path names."
     return None if path is None else Path(resolve_root(str(path), folder))
 
+NOT_PARAMETERS = ('In', 'Out', 'exit', 'quit', 'get_ipython', 'result')  # IPython's names, and the result path
+
+def notebook_parameters(ns:dict, # the notebook's `globals()`, taken right after its parameters cell (and papermill's injected one)
+                       ) -> dict:
+    "The parameters an experiment notebook ran with: its plain values defined so far (imports are not values), the result path excepted."
+    plain = (str, int, float, bool, list, tuple, dict, type(None))
+    return {k: v for k, v in ns.items() if not k.startswith('_') and k not in NOT_PARAMETERS and isinstance(v, plain)}
+
 def result_record(parameters:dict, # the experiment's parameters (as papermill passed them)
                   evaluations:list, # dicts with split, crf (a label), summary (from `evaluation`)
                   seconds:float, # wall time of the experiment
@@ -310,25 +318,42 @@ ABLATION_DEFAULT = [  # variants of GLRP: (name, overrides of the experiment's p
     ('joint', dict(stage='joint')),
 ]
 
+PROFILE_DEFAULTS = dict(  # settings most profiles leave alone
+    precision='auto',  # autocast of the fast path: 'auto' (bf16 where the CPU/GPU runs it natively), 'bf16' or 'fp32' (pinned: the same numerics on every machine)
+    pretrain_seed=0,  # seed of pretraining, shared by every fine-tuning seed (pretraining runs once per method and fold)
+    pretrain_max_steps=None,  # cap on pretraining steps per epoch (each epoch draws afresh from the whole pool); None: the whole pool
+    cine_frames=None,  # cine frames per patient added to the pool (a full ACDC download has a cine per patient); None: every frame
+    finetune_steps=None,  # fine-tuning length in optimiser steps (the same for every M); None: finetune_epochs
+    val_every=1,  # validate every this many fine-tuning epochs; 0: ten times per run
+    with_crf=True,  # tune the dense CRF on the validation patients and evaluate with it too
+)
+
 PROFILES = dict(
-    smoke=dict(data=None, phantom_patients=20, folds=5, run_folds=[0], seeds=[0], Ms=[10], val=2,
+    smoke=PROFILE_DEFAULTS | dict(data=None, phantom_patients=20, folds=5, run_folds=[0], seeds=[0], Ms=[10], val=2,
                methods=list(METHOD_PLANS), f=8, spacing=2.5, size=[64, 64],
                pretrain_epochs=4, local_epochs=2, pretrain_batch=32, pretrain_lr=0.02, warmup_epochs=1,
                finetune_epochs=12, finetune_batch=16, finetune_lr=3e-3,
                crf_grid=dict(bilat_sxy=[1.0, 2.0, 5.0], bilat_compat=[1.0, 3.0], iterations=[5]), crf_iterations=[0, 1, 2, 5, 10],
                ablation=ABLATION_DEFAULT, figures=True),
-    cpu=dict(data='required', folds=5, run_folds=[0], seeds=[0], Ms=[10], val=5,
+    cpu=PROFILE_DEFAULTS | dict(data='required', folds=5, run_folds=[0], seeds=[0], Ms=[10], val=5,
              methods=list(METHOD_PLANS), f=16, spacing=2.0, size=[128, 128],
              pretrain_epochs=20, local_epochs=5, pretrain_batch=32, pretrain_lr=0.02, warmup_epochs=2,
              finetune_epochs=60, finetune_batch=16, finetune_lr=1e-3,
              crf_grid=dict(bilat_sxy=[3.0, 5.0], bilat_schan=[10.0, 20.0], bilat_compat=[3.0, 5.0], iterations=[5]),
              crf_iterations=[0, 1, 2, 5, 10], ablation=[], figures=True),
-    paper=dict(data='required', folds=5, run_folds=[0, 1, 2, 3, 4], seeds=[0], Ms=[2, 6, 10], val=10,
+    study=PROFILE_DEFAULTS | dict(data='required', folds=5, run_folds=[0, 1, 2, 3, 4], seeds=[0, 1], Ms=[2, 6, 10], val=5,
+               methods=['random', 'pcl', 'glrp-global', 'glrp'], f=16, spacing=2.0, size=[128, 128],
+               pretrain_epochs=12, local_epochs=4, pretrain_batch=32, pretrain_lr=0.02, warmup_epochs=2,
+               pretrain_max_steps=48, cine_frames=2, finetune_epochs=60, finetune_steps=350, val_every=0,
+               finetune_batch=16, finetune_lr=1e-3, precision='bf16', with_crf=False, crf_grid=None, crf_iterations=[],
+               ablation=[], figures=False),
+    paper=PROFILE_DEFAULTS | dict(data='required', folds=5, run_folds=[0, 1, 2, 3, 4], seeds=[0], Ms=[2, 6, 10], val=10,
                methods=list(METHOD_PLANS), f=48, spacing=1.25, size=[352, 352],
                pretrain_epochs=100, local_epochs=100, pretrain_batch=32, pretrain_lr=0.1, warmup_epochs=10,
                finetune_epochs=100, finetune_batch=16, finetune_lr=1e-3,
                crf_grid=None, crf_iterations=[0, 1, 2, 5, 10], ablation=ABLATION_DEFAULT, figures=True),
 )
+
 
 # %% ../nbs/09_reproduce.ipynb #b251b603
 @dataclass
@@ -342,7 +367,7 @@ class Experiment:
     def label(self) -> str: return f"{self.notebook}/{self.name}"
 
 COMMON = ('folds', 'val', 'f', 'spacing', 'size', 'pretrain_epochs', 'local_epochs', 'pretrain_batch', 'pretrain_lr', 'warmup_epochs',
-          'finetune_epochs', 'finetune_batch', 'finetune_lr', 'crf_grid')
+          'finetune_epochs', 'finetune_batch', 'finetune_lr', 'crf_grid', *PROFILE_DEFAULTS)
 
 def load_profile(profile, # a name in `PROFILES`, a dict, or a JSON file holding a dict (with optional 'base': a profile name)
                 ) -> dict:
@@ -373,8 +398,8 @@ def experiments(profile:dict, # from `load_profile`
     base = dict(data=None if data is None else str(Path(data).expanduser()), work=str(work), device=device,
                 phantom_patients=profile.get('phantom_patients', 20), **{k: profile[k] for k in COMMON})
     exps = []
-    for M in profile['Ms']:
-        for fold in profile['run_folds']:
+    for fold in profile['run_folds']:  # fold by fold: a fold's pretraining serves all its M and seeds, and a run cut short leaves whole folds
+        for M in profile['Ms']:
             for seed in profile['seeds']:  # seed 0 keeps the plain name
                 for method in profile['methods']:
                     exps.append(Experiment('main_table', f"{method}-M{M}-fold{fold}" + (f"-seed{seed}" if seed else ''),
