@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_cli.ipynb #91192a78
 from __future__ import annotations
-import argparse, os, sys
+import argparse, json, os, sys
 from pathlib import Path
 import glrp
 from .data import ACDC_LABELS, MNMS_LABELS
@@ -78,7 +78,8 @@ def cmd_finetune(args) -> int:
     cfg = config_from_args(FinetuneConfig, args)
     res = finetune(cfg, resume=args.resume, stop_after=args.stop_after)
     print(f"finetune: best epoch {res['best_epoch']} (val Dice {res['best_dice']:.4f}); checkpoints {res['out']}/best.pt, last.pt")
-    if res['log'] and res['log'][-1]['epoch'] == cfg.epochs and os.environ.get('RANK', '0') == '0':
+    finished = json.loads((Path(res['out'])/'run.json').read_text()).get('finished')  # the run's own epoch count (`steps` sets it)
+    if finished and os.environ.get('RANK', '0') == '0':
         print(f"model folder (glrp predict MODEL -i INPUT -o OUTPUT): {export_model(Path(res['out'])/'best.pt', Path(res['out'])/'model')}")
     return 0
 
@@ -117,7 +118,7 @@ def cmd_reproduce(args) -> int:
     from glrp.reproduce import reproduce, Interrupted, load_profile
     out = args.out or Path('runs')/load_profile(args.profile).get('name', 'reproduce')
     try: res = reproduce(args.profile, data=args.data, out=out, jobs=args.jobs, force=args.force, notebooks=args.notebooks,
-                         device=args.device, only=args.only)
+                         device=args.device, only=args.only, report_only=args.report_only)
     except Interrupted as e:
         print(f"glrp reproduce: {e}", file=sys.stderr)
         return 128 + e.signum
@@ -270,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--notebooks', type=Path, default=None, help='folder of main_table/ablation/figures.ipynb (default: the notebooks installed with glrp, glrp/repro/)')
     s.add_argument('--device', default='auto', help='cpu, cuda or auto')
     s.add_argument('--only', nargs='+', choices=['main_table', 'ablation', 'figures'], default=None, help='run only these notebooks')
+    s.add_argument('--report-only', action='store_true', help='run nothing: assemble results.csv and RESULTS.md from the results in --out (a study run in parts)')
     s.set_defaults(func=cmd_reproduce)
     return p
 

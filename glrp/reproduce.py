@@ -691,6 +691,7 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
               notebooks=None, # folder of main_table/ablation/figures.ipynb; None: those installed with glrp (`notebooks_folder`)
               device:str='auto', # cpu, cuda or auto
               only:list|None=None, # run only these notebooks (e.g. ['main_table'])
+              report_only:bool=False, # run nothing: assemble results.csv and RESULTS.md from the results present (a study run in parts)
              ) -> dict:
     "Run the profile's experiments and assemble the tables; {'failed': [labels], 'ran', 'skipped', 'results', 'report'}."
     t_start = time.time()
@@ -701,9 +702,9 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
     exps = experiments(prof, data, out/'work', device, out=out)
     if only: exps = [e for e in exps if e.notebook in only]
     for nb in sorted({e.notebook for e in exps}): check_parameters_cell(nbdir/f"{nb}.ipynb")
-    todo = [e for e in exps if force or e.notebook == 'figures' or not is_done(e, out)]  # figures: redrawn from the current results
+    todo = [] if report_only else [e for e in exps if force or e.notebook == 'figures' or not is_done(e, out)]  # figures: redrawn from the current results
     for e in exps:
-        if e not in todo: _say(f"skip   {e.label} (result.json with the same parameters exists)")
+        if e not in todo and not report_only: _say(f"skip   {e.label} (result.json with the same parameters exists)")
     failed, ran, times = [], [], {}
     gpus = _gpus() if device != 'cpu' else 0
     slots = Queue()

@@ -207,8 +207,11 @@ def test_notebook_without_parameters_cell(tmp_path):
 
 
 def test_profiles():
-    "The three built-in profiles: smoke needs no data; cpu and paper do; paper is the full protocol."
-    assert PROFILES['smoke']['data'] is None and PROFILES['cpu']['data'] == PROFILES['paper']['data'] == 'required'
+    "The four built-in profiles: smoke needs no data; cpu, study and paper do; paper is the full protocol; study pins its precision."
+    assert PROFILES['smoke']['data'] is None and PROFILES['cpu']['data'] == PROFILES['study']['data'] == PROFILES['paper']['data'] == 'required'
+    s = PROFILES['study']
+    assert (len(s['run_folds']), s['Ms'], len(s['seeds']), s['precision']) == (5, [2, 6, 10], 2, 'bf16')
+    assert {'random', 'pcl', 'glrp-global', 'glrp'} <= set(s['methods'])
     p = PROFILES['paper']
     assert (p['f'], p['spacing'], p['size'], len(p['run_folds']), p['Ms']) == (48, 1.25, [352, 352], 5, [2, 6, 10])
     c = PROFILES['cpu']
@@ -227,6 +230,28 @@ def test_committed_cpu_results():
     assert all(p.suffix in ('.json', '.csv', '.md') for p in files), files  # no images, no NIfTI, no figures
     for p in res.parent.glob('cpu*/**/*.json'):  # paths relative to each experiment's folder, no machine's folders
         assert not absolute_paths(json.loads(p.read_text())), (p, absolute_paths(json.loads(p.read_text())))
+
+
+def test_committed_study_results():
+    "results/study (the study profile on real ACDC): CSV and report agree with the result JSONs; README shows the same tables; one clean commit, one precision, the profile's settings; numbers only."
+    from glrp.reproduce import COMMON, load_profile
+    res = Path(__file__).resolve().parent.parent/'results'/'study'
+    recs = results(res)
+    assert recs and {r['method'] for r in recs.values()} <= set(PROFILES['study']['methods'])
+    check_tables_agree(res, recs)
+    report, readme = (res/'RESULTS.md').read_text(), (res.parent.parent/'README.md').read_text()
+    assert main_table_section(report) in readme
+    paired = report.split('## Paired differences', 1)[1].split('\n## ', 1)[0]
+    assert '\n'.join(l for l in paired.splitlines() if l.startswith('|')) in readme  # the verdict tables, as assembled
+    commits = {r['software']['git_commit'] for r in recs.values()}
+    assert len(commits) == 1 and not next(iter(commits)).endswith('+dirty'), commits  # one pinned, clean commit
+    assert {(r['numerics']['precision'], r['numerics']['cpu_capability']) for r in recs.values()} == {('bf16', 'AVX512')}
+    study = load_profile('study')
+    for r in recs.values():  # the settings the profile defines today
+        assert all(r['parameters'][k] == study[k] for k in COMMON), r['parameters']
+    files = [p for p in res.rglob('*') if p.is_file()]
+    assert all(p.suffix in ('.json', '.csv', '.md') for p in files), files  # no images, no NIfTI, no figures
+    for p in res.rglob('*.json'): assert not absolute_paths(json.loads(p.read_text())), p
 
 
 def test_sigterm_stops_the_runner_and_its_children(tmp_path):
