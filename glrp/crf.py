@@ -7,18 +7,20 @@ from __future__ import annotations
 import os, math, itertools
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, asdict, replace, fields
+from dataclasses import dataclass, replace, fields
 import numpy as np
-from .data import InputError, ShapeError, IntensityError
+from .data import InputError, ShapeError, IntensityError, JSONRecord
+from .metrics import pooled_dice
 
 # %% auto #0
 __all__ = ['MIN_POOL_PIXELS', 'DEFAULT_GRID', 'CRFParams', 'ProbabilityError', 'check_inputs', 'rescale_intensity',
-           'pairwise_features', 'crf_slice', 'available_cores', 'crf_refine', 'mean_dice', 'tune_crf']
+           'pairwise_features', 'crf_slice', 'available_cores', 'crf_refine', 'tune_crf']
 
 # %% ../nbs/07_crf.ipynb #603c2c7c
 @dataclass
-class CRFParams:
+class CRFParams(JSONRecord):
     "Parameters of the 2D dense CRF; distances in pixels, intensities on the 0-255 scale of `rescale_intensity`."
+    _keys = 'CRF parameter(s)'  # what `from_dict` calls unknown keys
     iterations: int = 5  # mean-field iterations (0 returns the clipped input probabilities)
     gauss_sxy: float = 3.0  # smoothness kernel width theta_gamma, pixels
     gauss_compat: float = 3.0  # smoothness kernel weight w2 (Potts)
@@ -40,18 +42,6 @@ class CRFParams:
         if not 0 < self.min_prob < 1: raise InputError(f"min_prob must be in (0, 1), not {self.min_prob}")
         if not (len(self.pct) == 2 and 0 <= self.pct[0] < self.pct[1] <= 100):
             raise InputError(f"pct must be (lo, hi) percentiles with 0 <= lo < hi <= 100, not {self.pct}")
-
-    def to_dict(self) -> dict:
-        "JSON-ready dict of the parameters."
-        d = asdict(self); d['pct'] = list(self.pct)
-        return d
-
-    @classmethod
-    def from_dict(cls, d:dict) -> CRFParams:
-        "The parameters of `to_dict`'s output (missing keys take their defaults); unknown keys are an error naming them."
-        names = {f.name for f in fields(cls)}
-        if unknown := sorted(set(d) - names): raise InputError(f"unknown CRF parameter(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
-        return cls(**d)
 
 # %% ../nbs/07_crf.ipynb #87fcd475
 class ProbabilityError(InputError):
@@ -224,26 +214,11 @@ def crf_refine(probs, # (C, Z, H, W) softmax of one volume, (B, C, Z, H, W) of a
 # %% ../nbs/07_crf.ipynb #a1afe95f
 DEFAULT_GRID = dict(bilat_sxy=(3.0, 5.0, 10.0), bilat_schan=(10.0, 20.0, 40.0), bilat_compat=(3.0, 5.0, 10.0), iterations=(5, 10))
 
-def mean_dice(preds:list, # predicted label volumes
-              gts:list, # their ground-truth label volumes (same shapes)
-              n_classes:int|None=None, # classes incl. background; None: 1 + the largest label seen
-             ) -> float:
-    "Dice per structure (labels 1..n_classes-1) from TP and |P|+|G| pooled over all volumes, averaged over the structures present."
-    if n_classes is None: n_classes = 1 + max(max(int(np.max(p)), int(np.max(g))) for p, g in zip(preds, gts))
-    tp, s = np.zeros(n_classes), np.zeros(n_classes)
-    for p, g in zip(preds, gts):
-        p, g = np.asarray(p).ravel().astype(np.int64), np.asarray(g).ravel().astype(np.int64)
-        if p.shape != g.shape: raise ShapeError('<array>', f"prediction of {p.size} voxels and ground truth of {g.size} differ")
-        tp += np.bincount(p[p == g], minlength=n_classes)[:n_classes]
-        s += np.bincount(p, minlength=n_classes)[:n_classes] + np.bincount(g, minlength=n_classes)[:n_classes]
-    ok = s[1:] > 0
-    return float(np.mean(2 * tp[1:][ok] / s[1:][ok])) if ok.any() else float('nan')
-
 def tune_crf(probs_list:list, # validation softmax volumes, each (C, Z, H, W); never test data
              images:list, # their intensity volumes, each (Z, H, W)
              labels:list, # their ground-truth label volumes, each (Z, H, W)
              grid:dict|None=None, # `CRFParams` field -> values to try; None: `DEFAULT_GRID`
-             metric=mean_dice, # metric(preds, gts) -> float over the whole split, higher is better
+             metric=None, # metric(preds, gts) -> float over the whole split, higher is better; None: PCL's pooled Dice
              base:CRFParams|None=None, # values of the fields the grid does not vary; None: `CRFParams()`
              workers:int|None=None, # processes; None: all available cores (this process alone below `MIN_POOL_PIXELS`)
              atol:float=1e-3, # allowed |sum over classes - 1| of the probabilities
@@ -257,6 +232,9 @@ def tune_crf(probs_list:list, # validation softmax volumes, each (C, Z, H, W); n
     vols, imgs, _ = _checked(list(probs_list), list(images), atol)
     for i, (im, g) in enumerate(zip(imgs, labels)):
         if np.shape(g) != im.shape: raise ShapeError(f'volume {i}', f"labels {np.shape(g)} and image {im.shape} differ")
+    if metric is None:
+        n = max(v.shape[0] for v in vols) - 1  # structures: the classes after background
+        metric = lambda preds, gts: pooled_dice(preds, gts, n)[0]
     raw = metric([p.argmax(0) for p in vols], labels)
     names, table = list(grid), []
     points = [replace(base, **dict(zip(names, values))) for values in itertools.product(*grid.values())]

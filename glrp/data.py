@@ -8,7 +8,7 @@ import os, re, json, gzip, zlib, zipfile, hashlib, secrets, math
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, fields, asdict
 from itertools import repeat
 from pathlib import Path
 import numpy as np
@@ -17,15 +17,15 @@ import nibabel as nib
 # %% auto #0
 __all__ = ['CLASSES', 'ACDC_LABELS', 'MNMS_LABELS', 'INFO_KEYS', 'PATIENT_RE', 'MAX_VOXELS', 'GRID_TOL', 'NORMS', 'CACHE_VERSION',
            'SPLITS', 'DOC_SUFFIXES', 'InputError', 'DataError', 'LayoutError', 'MissingFileError', 'InfoError',
-           'CorruptFileError', 'ShapeError', 'LabelError', 'IntensityError', 'label_lut', 'find_acdc', 'read_info',
-           'Frame', 'Patient', 'check_header', 'nifti_header', 'patient_dirs', 'read_patient', 'index_acdc',
-           'patient_files', 'data_hash', 'git_commit', 'provenance', 'load_nifti', 'load_image', 'canonical_labels',
-           'load_label', 'Source', 'as_source', 'grid_difference', 'check_same_grid', 'load_cine_frame', 'load_volume',
-           'cine_volumes', 'cine_sources', 'axis_weights', 'resize_inplane', 'argmax0', 'one_hot', 'resize_labels',
-           'PrepParams', 'PrepMeta', 'prep_geometry', 'place', 'normalise', 'preprocess', 'restore', 'atomic_path',
-           'save_nifti_like', 'Case', 'file_stamp', 'source_stamp', 'cache_path', 'read_npz', 'load_case',
-           'case_sources', 'preprocess_dataset', 'check_frame', 'check_cine', 'check_patient', 'check_dataset',
-           'checked_index']
+           'CorruptFileError', 'ShapeError', 'LabelError', 'IntensityError', 'JSONRecord', 'label_lut', 'find_acdc',
+           'read_info', 'Frame', 'Patient', 'check_header', 'nifti_header', 'patient_dirs', 'read_patient',
+           'index_acdc', 'patient_files', 'data_hash', 'git_commit', 'provenance', 'load_nifti', 'load_image',
+           'canonical_labels', 'load_label', 'Source', 'as_source', 'grid_difference', 'check_same_grid',
+           'load_cine_frame', 'load_volume', 'cine_volumes', 'cine_sources', 'axis_weights', 'resize_inplane',
+           'argmax0', 'one_hot', 'resize_labels', 'PrepParams', 'PrepMeta', 'prep_geometry', 'place', 'normalise',
+           'preprocess', 'restore', 'atomic_path', 'write_json', 'save_nifti_like', 'Case', 'file_stamp',
+           'source_stamp', 'cache_path', 'read_npz', 'load_case', 'case_sources', 'preprocess_dataset', 'check_frame',
+           'check_cine', 'check_patient', 'check_dataset', 'checked_index']
 
 # %% ../nbs/00_data.ipynb #3d430dc0
 class InputError(ValueError):
@@ -47,6 +47,23 @@ class CorruptFileError(DataError): "A NIfTI file that cannot be read (truncated,
 class ShapeError(DataError):       "Arrays that should agree in shape, spacing or orientation do not, are not 3D, or a header claims an impossible shape or spacing."
 class LabelError(DataError):       "Label values outside the label map."
 class IntensityError(DataError):   "NaN/Inf or constant intensities."
+
+# %% ../nbs/00_data.ipynb #b108d668
+class JSONRecord:
+    "Mixin for a dataclass stored as JSON: `to_dict` (JSON-ready) and its inverse `from_dict` (unknown keys are an `InputError`)."
+    _keys = None  # how `from_dict`'s error calls the keys; None: '<class name> keys:'
+
+    def to_dict(self) -> dict:
+        "The fields as JSON reads them back: tuples as lists, dict keys as strings."
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d:dict):
+        "The record of `to_dict`'s output (missing keys take their defaults); `InputError` naming the class and any unknown keys."
+        names = {f.name for f in fields(cls)}
+        if unknown := sorted(set(d) - names):
+            raise InputError(f"unknown {cls._keys or cls.__name__ + ' keys:'} {', '.join(unknown)}; expected some of {', '.join(sorted(names))}")
+        return cls(**d)
 
 # %% ../nbs/00_data.ipynb #9418d324
 CLASSES = ('RV', 'MYO', 'LV')  # canonical order: label value i+1 is CLASSES[i], 0 is background
@@ -572,7 +589,7 @@ def resize_labels(lab:np.ndarray, # (..., h, w) integer labels
 NORMS = ('zscore', 'minmax', 'none')
 
 @dataclass
-class PrepParams:
+class PrepParams(JSONRecord):
     "How `preprocess` maps a native volume to the network's grid."
     spacing: float|None = 1.25  # target in-plane spacing in mm; None keeps the native spacing
     size: tuple|None = (352, 352)  # output in-plane size (H, W) after centre crop/pad; None: no crop/pad
@@ -598,14 +615,6 @@ class PrepParams:
             raise InputError(f"clip must be (lo, hi) percentiles with 0 <= lo < hi <= 100, not {self.clip}")
         label_lut(self.label_map)  # names a structure outside CLASSES
 
-    def to_dict(self) -> dict:
-        "JSON-ready dict (label map keys as strings)."
-        d = asdict(self); d['label_map'] = {str(k): v for k,v in self.label_map.items()}
-        return d
-
-    @classmethod
-    def from_dict(cls, d:dict) -> PrepParams: return cls(**d)
-
     def key(self) -> str:
         "Short hash of the parameters and `CACHE_VERSION`: equal keys, equal preprocessing."
         return hashlib.sha256(json.dumps([CACHE_VERSION, self.to_dict()], sort_keys=True).encode()).hexdigest()[:12]
@@ -614,7 +623,7 @@ CACHE_VERSION = 1  # bump whenever `preprocess` changes its output for the same 
 
 # %% ../nbs/00_data.ipynb #e649b260
 @dataclass
-class PrepMeta:
+class PrepMeta(JSONRecord):
     "What `preprocess` did to one volume: enough to map the preprocessed grid back to the native one. JSON-serialisable."
     shape: tuple  # native array shape (X, Y, Z)
     spacing: tuple  # native voxel spacing (x, y, z) in mm
@@ -634,10 +643,6 @@ class PrepMeta:
         if self.clip_range is not None: self.clip_range = tuple(float(v) for v in self.clip_range)
         self.shift, self.scale = float(self.shift), float(self.scale)
         if self.params: self.params = PrepParams.from_dict(self.params).to_dict()  # one canonical form, JSON or not
-
-    def to_dict(self) -> dict: return asdict(self)
-    @classmethod
-    def from_dict(cls, d:dict) -> PrepMeta: return cls(**d)
 
 def prep_geometry(shape:tuple, # native (X, Y, Z)
                   spacing:tuple, # native (x, y, z) in mm
@@ -741,6 +746,11 @@ def atomic_path(path, # the file to write
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
+
+def write_json(obj, path) -> Path:
+    "Write `obj` as indented JSON (values JSON lacks as their `str`), atomically."
+    with atomic_path(path) as tmp: Path(tmp).write_text(json.dumps(obj, indent=1, default=str) + '\n')
+    return Path(path)
 
 def save_nifti_like(array:np.ndarray, # (X, Y, Z), the reference's shape
                     ref_path, # the native image or label file it belongs to

@@ -8,14 +8,14 @@ import re, json, math, warnings
 from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
-from .data import (CLASSES, ACDC_LABELS, index_acdc, load_label, atomic_path, PATIENT_RE,
+from .data import (CLASSES, ACDC_LABELS, index_acdc, load_label, atomic_path, write_json, PATIENT_RE,
                        LayoutError, MissingFileError, ShapeError, LabelError)
 
 # %% auto #0
 __all__ = ['METRICS', 'EMPTY_CASES', 'CONVENTIONS', 'PRED_RE', 'CSV_COLUMNS', 'check_labels', 'class_counts', 'dice_from_counts',
-           'bounding_box', 'surface', 'surface_distances', 'fov_diagonal', 'empty_penalty', 'binary_metrics',
-           'volume_metrics', 'empty_counts', 'acdc_summary', 'pcl_summary', 'summarize', 'grid_mismatch',
-           'find_predictions', 'records_csv', 'summary_markdown', 'evaluate_folder']
+           'pooled_dice_from_counts', 'pooled_dice', 'bounding_box', 'surface', 'surface_distances', 'fov_diagonal',
+           'empty_penalty', 'binary_metrics', 'volume_metrics', 'empty_counts', 'acdc_summary', 'pcl_summary',
+           'summarize', 'grid_mismatch', 'find_predictions', 'records_csv', 'summary_markdown', 'evaluate_folder']
 
 # %% ../nbs/08_metrics.ipynb #cd25c3e4
 METRICS = ('dice', 'hd95', 'assd', 'assd_pooled', 'hd')  # per-structure metrics, in the order of the tables
@@ -54,6 +54,23 @@ def dice_from_counts(tp, # true positives (scalar or array)
     tp, s = np.asarray(tp, float), np.asarray(n_pred, float) + np.asarray(n_gt, float)
     with np.errstate(invalid='ignore', divide='ignore'): d = np.where(s > 0, 2*tp/s, np.nan)
     return d.item() if d.ndim == 0 else d
+
+# %% ../nbs/08_metrics.ipynb #8862ae15
+def pooled_dice_from_counts(counts, # per class [ΣTP, Σ|P|, Σ|G|] over all volumes, shape (n_classes, 3)
+                           ) -> tuple:
+    "PCL's pooled Dice: (mean over the defined classes, per-class 2ΣTP/Σ(|P|+|G|) list); NaN for a class absent everywhere, NaN mean if all are."
+    d = dice_from_counts(*np.asarray(counts, float).reshape(-1, 3).T)
+    return (float(np.nanmean(d)) if np.isfinite(d).any() else math.nan), d.tolist()
+
+def pooled_dice(preds:list, # predicted label volumes, values 0..n_classes
+                gts:list, # their ground-truth label volumes, the same shapes
+                n_classes:int=len(CLASSES), # structures are the values 1..n_classes
+               ) -> tuple:
+    "PCL's pooled Dice of label volumes: (mean, per-class list) from `class_counts` summed over all volumes."
+    if len(preds) != len(gts): raise ShapeError('<list>', f"{len(preds)} predicted and {len(gts)} ground-truth volumes")
+    c = np.zeros((n_classes, 3), np.int64)
+    for p, g in zip(preds, gts): c += class_counts(p, g, n_classes)
+    return pooled_dice_from_counts(c)
 
 # %% ../nbs/08_metrics.ipynb #665a32cc
 def bounding_box(mask:np.ndarray, # boolean array
@@ -198,13 +215,11 @@ def acdc_summary(records:list, # per-structure records from `volume_metrics`
 def pcl_summary(records:list, # per-structure records (anything with class, tp, n_pred, n_gt)
                 classes=CLASSES, # structure names
                ) -> dict:
-    "Per phase (ED, ES, all): pooled Dice 2ΣTP/Σ(|P|+|G|) per class and its mean over classes."
+    "Per phase (ED, ES, all): `pooled_dice_from_counts` of the records' counts, per class and 'mean' over classes."
     out = {}
     for ph, rs in _phases(records).items():
-        d = {c: dice_from_counts(sum(r['tp'] for r in rs if r['class'] == c), sum(r['n_pred'] for r in rs if r['class'] == c),
-                                 sum(r['n_gt'] for r in rs if r['class'] == c)) for c in classes}
-        vals = np.array(list(d.values()), float)
-        out[ph] = {**d, 'mean': float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan}
+        mean, per = pooled_dice_from_counts([[sum(r[k] for r in rs if r['class'] == c) for k in ('tp', 'n_pred', 'n_gt')] for c in classes])
+        out[ph] = {**dict(zip(classes, per)), 'mean': mean}
     return out
 
 # %% ../nbs/08_metrics.ipynb #76223075
@@ -241,7 +256,8 @@ CONVENTIONS = dict(
     hd="maximum of both directed surface-distance sets (medpy hd; the ACDC challenge's Hausdorff distance)",
     acdc="per volume on the given grid, mean and std (ddof=0) over volumes of finite values, with the number of missed and "
          "hallucinated structures; 'mean' row averages classes per volume first and counts missed/hallucinated over all classes",
-    pcl="Dice per class from TP and |P|+|G| summed over all slices; 'mean' is the mean over classes")
+    pcl="Dice per class from TP and |P|+|G| summed over all slices; 'mean' is the mean over classes (a class absent from "
+        "prediction and ground truth everywhere is NaN and left out)")
 
 # %% ../nbs/08_metrics.ipynb #edc96e86
 def grid_mismatch(shape_a, spacing_a, affine_a, # the prediction's grid
@@ -275,10 +291,6 @@ def find_predictions(pred_dir, # folder with patientXXX_frameYY.nii.gz files, fl
     return found
 
 # %% ../nbs/08_metrics.ipynb #55737477
-def _atomic_write(path, text:str):
-    "Write `text` to `path` atomically (`glrp.data.atomic_path`: a temporary file beside it, then `os.replace`)."
-    with atomic_path(path) as tmp: Path(tmp).write_text(text)
-
 CSV_COLUMNS = ('patient', 'frame', 'phase', 'group', 'class', 'dice', 'hd95', 'assd', 'assd_pooled', 'hd', 'tp', 'n_pred', 'n_gt',
                'missing', 'empty')
 
@@ -359,7 +371,7 @@ def evaluate_folder(pred_dir, # predictions: patientXXX_frameYY.nii.gz, flat or 
     res.update(pred_dir=str(pred_dir), gt_dir=str(gt_dir), missing=absent, missing_policy=missing, extra=extra)
     if out_dir is not None:
         out = Path(out_dir)
-        _atomic_write(out/'metrics.csv', records_csv(records))
-        _atomic_write(out/'summary.json', json.dumps(_jsonable(res), indent=1) + '\n')
-        _atomic_write(out/'summary.md', summary_markdown(res))
+        with atomic_path(out/'metrics.csv') as tmp: tmp.write_text(records_csv(records))
+        write_json(_jsonable(res), out/'summary.json')
+        with atomic_path(out/'summary.md') as tmp: tmp.write_text(summary_markdown(res))
     return {**res, 'records': records}

@@ -8,7 +8,7 @@ import os, json, math, random
 from collections import Counter
 from pathlib import Path
 import numpy as np
-from .data import InputError, DataError, MissingFileError, ShapeError, Patient, Frame, Source, index_acdc, data_hash, provenance
+from .data import InputError, DataError, MissingFileError, ShapeError, Patient, Frame, Source, index_acdc, data_hash, provenance, atomic_path
 
 # %% auto #0
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'PROTOCOLS', 'SLICE_RULES', 'PARTITION_EPS', 'MANIFEST_KEYS', 'PARAM_KEYS', 'PATIENT_KEYS',
@@ -284,14 +284,10 @@ def resolve_root(root, # the `root` recorded in a manifest, or None
 def write_manifest(m:dict, # a manifest from `make_manifest`
                    path, # the JSON file to write (its folder is created)
                   ) -> Path:
-    "Write `m` to `path` atomically (temporary file in the same folder, then `os.replace`), `root` relative to the file's folder."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    "Write `m` to `path` atomically (`glrp.data.atomic_path`), `root` relative to the file's folder."
+    path = Path(path)
     text = manifest_json({**m, 'root': portable_root(m.get('root'), path.parent)}) + '\n'
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        tmp.write_bytes(text.encode('utf-8'))
-        os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp: tmp.write_bytes(text.encode('utf-8'))  # bytes: the same '\n' on every platform
     return path
 
 # %% ../nbs/02_partition.ipynb #05ad2bed

@@ -12,11 +12,11 @@ from pathlib import Path
 from queue import Queue
 import numpy as np
 import glrp
-from .data import InputError, DataError, index_acdc, data_hash, provenance, atomic_path
+from .data import InputError, DataError, index_acdc, data_hash, provenance, atomic_path, write_json
 from .synthetic import write_phantom
 from .partition import make_manifest, write_manifest, read_manifest, manifest_root, portable_root, resolve_root, FORMAT_VERSION
 from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, pretrain, pretrain_phases, finetune, predict,
-                        load_checkpoint, load_slices, write_json)
+                        load_checkpoint, load_slices)
 from .crf import CRFParams, tune_crf
 from .metrics import evaluate_folder
 from .stats import volume_records, summary_table, stats_markdown

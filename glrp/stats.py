@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 from scipy import stats as sps
 from .data import CLASSES, InputError
-from .metrics import dice_from_counts
+from .metrics import pooled_dice_from_counts
 
 # %% auto #0
 __all__ = ['PAIRS', 'UNIFORM_KEYS', 'REQUIRED', 'METHOD_ORDER', 'volume_records', 'synthetic_records', 'check_uniform',
@@ -235,7 +235,7 @@ def fold_pooled_dice(records:list, # per-volume records with tp_<c>, n_pred_<c>,
     per = {}
     for (method, M, fold, seed), rs in _runs(records).items():
         cnt = {c: [sum(int(_get(r, f'{k}_{c}')) for r in rs) for k in ('tp', 'n_pred', 'n_gt')] for c in classes}
-        per.setdefault((method, M, fold), []).append(_mean(float(dice_from_counts(*cnt[c])) for c in classes))
+        per.setdefault((method, M, fold), []).append(pooled_dice_from_counts([cnt[c] for c in classes])[0])
     return {k: _mean(v) for k, v in per.items()}
 
 # %% ../nbs/12_stats.ipynb #edc2a9d2

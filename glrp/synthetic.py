@@ -4,12 +4,12 @@
 
 # %% ../nbs/01_synthetic.ipynb #43444863
 from __future__ import annotations
-import os, gzip, math
+import gzip, math
 from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np
 from scipy import ndimage
-from .data import InputError
+from .data import InputError, atomic_path
 
 # %% auto #0
 __all__ = ['GROUPS', 'LABELS', 'TISSUES', 'INTENSITY', 'TEXTURE', 'ACDC_AFFINE', 'smoothstep', 'wrap', 'bump', 'Heart',
@@ -506,11 +506,7 @@ def write_bytes(path, data:bytes, gz:bool|None=None) -> Path:
     "Write `data` to `path` atomically, gzip-compressed (deterministically: mtime 0, no name) if `path` ends in `.gz`."
     path = Path(path)
     if gz if gz is not None else path.suffix == '.gz': data = gzip.compress(data, compresslevel=1, mtime=0)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        tmp.write_bytes(data); os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
+    with atomic_path(path) as tmp: tmp.write_bytes(data)
     return path
 
 def info_cfg(pat:PhantomPatient) -> str:

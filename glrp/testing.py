@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.multiprocessing as mp
-from .data import ShapeError
+from .data import ShapeError, atomic_path
 from .losses import contrastive_loss, local_loss, positive_weights, pool_regions
 from .distributed import RankMismatchError, init_distributed, cleanup_distributed, is_main
 from .distributed import gather_batch, gather_with_grad, reduce_mean
@@ -116,7 +116,7 @@ def _check_worker(rank:int, world:int, port:int, cfg:dict, out:str):
             lg, ll = _check_losses(z, pool_regions(maps, 3), meta, cfg['method'])
             (lg + ll).backward()
             res['full'] = {'global': lg.detach(), 'local': ll.detach(), **{k: p.grad.clone() for k, p in ref.named_parameters()}}
-            tmp = out + '.tmp'; torch.save(res, tmp); os.replace(tmp, out)
+            with atomic_path(out) as tmp: torch.save(res, tmp)
     finally: cleanup_distributed()
 
 def check_ddp_equivalence(world:int=2, # number of gloo ranks (processes) on this CPU

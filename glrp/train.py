@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 from tqdm.auto import tqdm
-from .data import InputError, DataError, ShapeError, PrepParams, Source, as_source, index_acdc, load_case
-from .data import preprocess_dataset, restore, save_nifti_like, atomic_path, provenance
+from .data import InputError, JSONRecord, DataError, ShapeError, PrepParams, Source, as_source, index_acdc, load_case
+from .data import preprocess_dataset, restore, save_nifti_like, atomic_path, write_json, provenance
 from .partition import read_manifest, fold_volumes, slice_positions, slice_partitions, manifest_root
 from .unet import NORMS, UNet, load_pretrained, WeightMismatchError, is_pcl_state_dict, pcl_config, load_pcl, read_pcl
 from .losses import METHODS, contrastive_loss, positive_weights, local_loss, region_features, seg_loss
-from .metrics import class_counts, dice_from_counts
+from .metrics import pooled_dice
 from .augment import AugParams, two_views, augment_pair
 from . import distributed as gdist
 
@@ -26,11 +26,10 @@ __all__ = ['STAGES', 'SLICE_RULES', 'PRECISIONS', 'RESUME_FREE', 'PREDICT_ROLES'
            'SliceDataset', 'cine_subset', 'load_slices', 'epoch_batches', 'pick_device', 'bf16_supported',
            'fast_settings', 'numerics', 'autocast', 'to_input', 'rng_state', 'set_rng_state', 'save_checkpoint',
            'read_weights', 'nonfinite_tensors', 'load_checkpoint', 'check_checkpoint', 'clean_stale_temporaries',
-           'write_json', 'write_log', 'relative_to', 'run_paths', 'recorded_path', 'run_record', 'ProjNet',
-           'method_kwargs', 'pretrain_phases', 'phase_of', 'set_phase', 'set_train_mode', 'pretrain_loss',
-           'warmup_cosine', 'check_step', 'Stage', 'fit', 'Pretraining', 'pretrain', 'predict_probs', 'pooled_dice',
-           'spacing_range', 'Finetuning', 'finetune', 'segmentation_model', 'read_crf_params', 'predict',
-           'export_model', 'read_model']
+           'write_log', 'relative_to', 'run_paths', 'recorded_path', 'run_record', 'ProjNet', 'method_kwargs',
+           'pretrain_phases', 'phase_of', 'set_phase', 'set_train_mode', 'pretrain_loss', 'warmup_cosine', 'check_step',
+           'Stage', 'fit', 'Pretraining', 'pretrain', 'predict_probs', 'spacing_range', 'Finetuning', 'finetune',
+           'segmentation_model', 'read_crf_params', 'predict', 'export_model', 'read_model']
 
 # %% ../nbs/06_train.ipynb #fec7c4d1
 STAGES = ('global', 'local', 'global+local', 'joint')
@@ -72,18 +71,8 @@ def _check_common(c):
     _check(c.norm in NORMS, f"norm must be one of {NORMS}, not {c.norm!r}")
     _check(c.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, not {c.precision!r}")
 
-class _Config:
-    "JSON round trip shared by the configs."
-    def to_dict(self) -> dict:
-        "JSON-ready dict (tuples as lists)."
-        return json.loads(json.dumps(asdict(self)))
-    @classmethod
-    def from_dict(cls, d:dict):
-        "The config from `to_dict`'s output; unknown keys are an error."
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown: raise ConfigError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
-        return cls(**d)
+class _Config(JSONRecord):
+    "What both configs share: the JSON round trip (`JSONRecord`) and the preprocessing they imply."
     def prep(self) -> PrepParams:
         "The preprocessing of this run."
         return PrepParams(spacing=self.spacing, size=None if self.size is None else tuple(self.size))
@@ -445,11 +434,6 @@ def clean_stale_temporaries(folder) -> list:
     return gone
 
 # %% ../nbs/06_train.ipynb #4b221a6c
-def write_json(obj, path) -> Path:
-    "Write `obj` as indented JSON, atomically."
-    with atomic_path(path) as tmp: Path(tmp).write_text(json.dumps(obj, indent=1, default=str) + '\n')
-    return Path(path)
-
 def write_log(rows:list, out) -> None:
     "Write the epoch rows to `out/log.csv` and `out/log.json`, atomically."
     out = Path(out)
@@ -763,14 +747,6 @@ def predict_probs(model:nn.Module, # a segmentation UNet
     model.train(was)
     return out
 
-def pooled_dice(preds:list, # predicted label volumes
-                gts:list, # ground-truth label volumes
-                n_classes:int=3, # structures (labels 1..n_classes)
-               ) -> tuple:
-    "(mean over structures, per-structure Dice) from TP and |P|+|G| pooled over all volumes (PCL's metric)."
-    c = sum(class_counts(np.asarray(p), np.asarray(g), n_classes) for p, g in zip(preds, gts))
-    d = dice_from_counts(c[:, 0], c[:, 1], c[:, 2])
-    return float(np.nanmean(d)) if np.isfinite(d).any() else float('nan'), d.tolist()
 
 # %% ../nbs/06_train.ipynb #51e0e643
 def spacing_range(cases:list) -> dict:

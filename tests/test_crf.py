@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 from glrp.data import ShapeError, IntensityError
-from glrp.crf import (CRFParams, ProbabilityError, check_inputs, rescale_intensity, crf_slice, crf_refine,
-                      mean_dice, tune_crf)
+from glrp.crf import CRFParams, ProbabilityError, check_inputs, rescale_intensity, crf_slice, crf_refine, tune_crf
+from glrp.metrics import pooled_dice  # tune_crf's default score (its own tests: tests/test_metrics.py)
 from glrp.testing import simulate_prediction
 
 def disk_slice(h=64, w=80, island_r=3., conf=4., seed=0):
@@ -73,7 +73,7 @@ def test_outputs_are_distributions(volume):
 
 def test_crf_helps_on_noisy_prediction(volume):
     p, img, gt = volume
-    assert mean_dice([crf_refine(p, img, workers=1)[1]], [gt]) > mean_dice([p.argmax(0)], [gt])
+    assert pooled_dice([crf_refine(p, img, workers=1)[1]], [gt])[0] > pooled_dice([p.argmax(0)], [gt])[0]
 
 @pytest.mark.parametrize('change', [dict(iterations=1), dict(gauss_sxy=8.), dict(gauss_compat=0.), dict(bilat_sxy=20.),
                                     dict(bilat_schan=5.), dict(bilat_compat=15.), dict(min_prob=0.05), dict(pct=(10., 90.))])
@@ -116,12 +116,6 @@ def test_bad_params():
                     (dict(min_prob=0), 'min_prob'), (dict(pct=(50, 50)), 'pct'), (dict(bilat_compat=-1), 'bilat_compat')]:
         with pytest.raises(ValueError, match=msg): CRFParams(**kw)
 
-def test_mean_dice():
-    assert math.isclose(mean_dice([np.array([1, 1, 2, 2])], [np.array([1, 1, 2, 0])], n_classes=4), (1 + 2 / 3) / 2)
-    # pooled: counts add up over volumes before the ratio
-    assert math.isclose(mean_dice([np.array([1, 0]), np.array([1, 1])], [np.array([1, 1]), np.array([0, 0])], n_classes=2), 2 / 5)
-    assert math.isnan(mean_dice([np.zeros(3, int)], [np.zeros(3, int)], n_classes=4))
-
 def test_tune_crf_best_is_max_of_table(volume):
     p, img, gt = volume
     vp, vi, vg = [p[:, :4], p[:, 4:]], [img[:4], img[4:]], [gt[:4], gt[4:]]
@@ -135,8 +129,8 @@ def test_tune_crf_best_is_max_of_table(volume):
     # each score is the metric of that setting, recomputed independently
     for r in table[:3]:
         prm = CRFParams(bilat_sxy=r['bilat_sxy'], bilat_compat=r['bilat_compat'], iterations=r['iterations'])
-        assert mean_dice(crf_refine(vp, vi, prm, workers=1)[1], vg) == r['score']
-    raw = mean_dice([x.argmax(0) for x in vp], vg)
+        assert pooled_dice(crf_refine(vp, vi, prm, workers=1)[1], vg)[0] == r['score']
+    raw = pooled_dice([x.argmax(0) for x in vp], vg)[0]
     assert all(math.isclose(r['gain'], r['score'] - raw) for r in table)
 
 def test_tune_crf_metric_and_errors(volume):
@@ -144,6 +138,9 @@ def test_tune_crf_metric_and_errors(volume):
     # a metric that prefers fewer iterations picks the smallest
     best, table = tune_crf([p[:, :2]], [img[:2]], [gt[:2]], grid=dict(iterations=(3, 1, 2)), metric=lambda preds, gts: 0.0, workers=1)
     assert best.iterations == 3  # ties: the first grid point
+    # the default score is the pooled Dice over the probabilities' structures (here 1..3)
+    _, table = tune_crf([p[:, :2]], [img[:2]], [gt[:2]], grid=dict(iterations=(1,)), workers=1)
+    assert table[0]['score'] == pooled_dice(crf_refine(p[:, :2], img[:2], CRFParams(iterations=1), workers=1)[1], gt[:2])[0]
     with pytest.raises(ValueError, match="unknown CRFParams fields"): tune_crf([p], [img], [gt], grid=dict(sxy=(1,)))
     with pytest.raises(ShapeError, match='labels'): tune_crf([p], [img], [gt[:, :10]], grid=dict(iterations=(1,)))
     with pytest.raises(ShapeError, match='equal, non-zero'): tune_crf([p], [img], [], grid=dict(iterations=(1,)))

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import nibabel as nib
 import pytest
-from glrp.data import (DataError, MissingFileError, CorruptFileError, ShapeError, LabelError, IntensityError, LayoutError,
+from glrp.data import (InputError, JSONRecord, atomic_path, write_json, DataError, MissingFileError, CorruptFileError, ShapeError, LabelError, IntensityError, LayoutError,
                        ACDC_LABELS, MNMS_LABELS, CLASSES, PrepParams, PrepMeta, Source, Case, index_acdc, read_patient,
                        load_nifti, load_image, load_label, load_volume, preprocess, restore, save_nifti_like,
                        cine_volumes, cine_sources, load_case, cache_path, preprocess_dataset, case_sources,
@@ -14,7 +14,7 @@ from conftest import write_dataset, rewrite
 
 
 def dice(a, b, c): return 2 * np.sum((a == c) & (b == c)) / max(1, np.sum(a == c) + np.sum(b == c))
-def mean_dice(a, b): return float(np.mean([dice(a, b, c) for c in (1, 2, 3)]))
+def volume_dice(a, b): return float(np.mean([dice(a, b, c) for c in (1, 2, 3)]))  # one volume, mean over RV, MYO, LV (absent: 0)
 
 
 @pytest.fixture(scope='module')
@@ -126,6 +126,30 @@ def test_preprocess_layout_and_meta(pats):
     assert abs(full.mean()) < 1e-4 and abs(full.std() - 1) < 1e-3
 
 
+def test_json_records():
+    "`PrepParams` and `PrepMeta` share `JSONRecord`: JSON-ready dicts, round trips, unknown keys named."
+    p = PrepParams(spacing=1.367, size=(192, 192), norm='minmax', clip=(1, 99))
+    d = p.to_dict()
+    assert d == json.loads(json.dumps(d)) and d['size'] == [192, 192] and d['label_map'] == {'1': 'RV', '2': 'MYO', '3': 'LV'}
+    assert PrepParams.from_dict(d) == p and isinstance(p, JSONRecord)
+    # the cache keys written before the mixin stay valid (update these only with CACHE_VERSION)
+    assert [PrepParams().key(), p.key(), PrepParams(size=None, spacing=None).key()] == ['a96c69daa256', '661298d32f6e', '11e36d22b605']
+    with pytest.raises(InputError, match='unknown PrepParams keys: sise, spcing; expected some of clip, label_map'):
+        PrepParams.from_dict(dict(sise=1, spcing=2))
+    m = prep_geometry((216, 256, 10), (1.5625, 1.5625, 10.), p)
+    assert PrepMeta.from_dict(m.to_dict()) == m and m.params == d and m.to_dict()['offset'] == list(m.offset)
+    with pytest.raises(InputError, match='unknown PrepMeta keys: zoom2'): PrepMeta.from_dict({**m.to_dict(), 'zoom2': 1})
+
+
+def test_atomic_writes(tmp_path):
+    f = write_json(dict(a=(1, 2), p=Path('x')), tmp_path / 'new' / 'r.json')  # the folder is created
+    assert json.loads(f.read_text()) == dict(a=[1, 2], p='x') and f.read_text().endswith('}\n')
+    with pytest.raises(OSError, match='disk full'):
+        with atomic_path(f) as t:
+            t.write_text('half'); raise OSError('disk full')
+    assert json.loads(f.read_text()) == dict(a=[1, 2], p='x') and os.listdir(f.parent) == ['r.json']  # old file kept, no temporary
+
+
 def test_clip_and_minmax(pats):
     img, _, sp = load_volume(pats[0].frames[0])
     x, _, m = preprocess(img, sp, PrepParams(spacing=None, size=None, norm='minmax', clip=(1, 99)))
@@ -165,7 +189,7 @@ def test_restore_round_trip_phantom(pats, size):
             assert np.array_equal(restore(one_hot(y), m), back)
             pr = restore(one_hot(y), m, probs=True)
             assert pr.shape == (4, *lab.shape) and np.allclose(pr.sum(0), 1, atol=1e-5)
-            if size != (40, 36): assert mean_dice(back, lab) > 0.95
+            if size != (40, 36): assert volume_dice(back, lab) > 0.95
             else:  # a tight crop: what lies outside it comes back as background
                 assert back.max() <= 3 and (back > 0).sum() <= (lab > 0).sum()
 
@@ -221,7 +245,7 @@ def test_round_trip_dice_on_all_acdc_frames(acdc_root):
         for fr in p.frames:
             img, lab, sp = load_volume(fr)
             _, y, m = preprocess(img, sp, PrepParams(), lab)
-            scores[fr.name] = mean_dice(restore(y, m), lab)
+            scores[fr.name] = volume_dice(restore(y, m), lab)
     assert len(scores) == 200
     worst = min(scores, key=scores.get)
     print(f"round-trip mean Dice: min {scores[worst]:.4f} ({worst}), mean {np.mean(list(scores.values())):.4f}")

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 from glrp.data import ShapeError, LabelError, MissingFileError, LayoutError, index_acdc
-from glrp.metrics import (class_counts, dice_from_counts, surface, surface_distances, binary_metrics, volume_metrics,
+from glrp.metrics import (class_counts, dice_from_counts, pooled_dice, pooled_dice_from_counts, surface, surface_distances, binary_metrics, volume_metrics,
                           acdc_summary, pcl_summary, summarize, evaluate_folder, find_predictions, empty_counts,
                           grid_mismatch, fov_diagonal, empty_penalty, records_csv, summary_markdown, CSV_COLUMNS, METRICS)
 
@@ -229,6 +229,66 @@ def test_aggregations_differ():
     assert a['ED']['LV']['dice']['mean'] == pytest.approx(0.95) and p['ES']['LV'] == pytest.approx(0.4)
     assert a['all']['mean']['dice']['mean'] == pytest.approx(0.675)  # RV/MYO absent: NaN, skipped
     assert summarize(recs)['n_volumes'] == dict(ED=1, ES=1, all=2)
+
+def pooled_by_hand(preds, gts, n):
+    "PCL's pooled Dice transcribed from its definition: per class 1..n, 2 ΣTP / Σ(|P|+|G|) over every voxel of every volume, 0/0 -> NaN; mean of the non-NaN classes, NaN if none."
+    per = []
+    for c in range(1, n + 1):
+        tp = s = 0
+        for p, g in zip(preds, gts):
+            for a, b in zip(np.ravel(p).tolist(), np.ravel(g).tolist()):
+                tp += a == c and b == c
+                s += (a == c) + (b == c)
+        per.append(2 * tp / s if s else math.nan)
+    ok = [d for d in per if not math.isnan(d)]
+    return (sum(ok) / len(ok) if ok else math.nan), per
+
+def same(x, y): return all((math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12) for a, b in zip(x, y, strict=True))
+
+def test_pooled_dice_known_values():
+    # (from the CRF's former mean_dice) two structures right and half right, the LV absent from both: (1 + 2/3)/2
+    assert pooled_dice([np.array([1, 1, 2, 2])], [np.array([1, 1, 2, 0])])[0] == pytest.approx((1 + 2 / 3) / 2)
+    # pooled: counts add up over volumes before the ratio, 2*1/(1 + 2 + 2) = 2/5, not (2/3 + 0)/2
+    assert pooled_dice([np.array([1, 0]), np.array([1, 1])], [np.array([1, 1]), np.array([0, 0])], n_classes=1)[0] == pytest.approx(2 / 5)
+    assert math.isnan(pooled_dice([np.zeros(3, int)], [np.zeros(3, int)])[0])
+
+def test_pooled_dice_edge_cases():
+    # a class absent from prediction and ground truth in every volume: NaN, and left out of the mean
+    p, g = [np.array([[0, 2, 3], [3, 3, 0]]), np.array([2, 2, 0])], [np.array([[0, 2, 3], [3, 0, 0]]), np.array([2, 0, 0])]
+    m, per = pooled_dice(p, g)
+    assert math.isnan(per[0]) and per[1:] == pytest.approx([2*2/(3 + 2), 2*2/(3 + 2)]) and m == pytest.approx(0.8)
+    assert same([m] + per, [pooled_by_hand(p, g, 3)[0]] + pooled_by_hand(p, g, 3)[1])
+    # every volume background alone, and no volumes at all: every class NaN, the mean NaN
+    for p, g in (([np.zeros((3, 4), int)] * 3, [np.zeros((3, 4), int)] * 3), ([], [])):
+        m, per = pooled_dice(p, g)
+        assert math.isnan(m) and len(per) == 3 and all(math.isnan(d) for d in per)
+        assert same([m] + per, [pooled_by_hand(p, g, 3)[0]] + pooled_by_hand(p, g, 3)[1])
+    # predicted in some volume but never true: defined (0) and it counts in the mean
+    m, per = pooled_dice([np.array([1, 3])], [np.array([1, 0])])
+    assert per[2] == 0 and math.isnan(per[1]) and m == pytest.approx(0.5)
+    # the counts function on its own, and the records route agrees with the arrays route
+    assert same([pooled_dice_from_counts([[0, 0, 0], [1, 1, 1], [0, 2, 0]])[0]], [0.5])
+    recs = volume_metrics(np.array([1, 3, 0]), np.array([1, 0, 0]), (1,), name='v', phase='ED')
+    assert same([pcl_summary(recs)['all'][k] for k in ('mean', 'RV', 'MYO', 'LV')], [m] + per)
+    with pytest.raises(ShapeError, match='2 predicted and 1 ground-truth volumes'): pooled_dice([np.zeros(2, int)] * 2, [np.zeros(2, int)])
+    with pytest.raises(ShapeError, match='shape'): pooled_dice([np.zeros(2, int)], [np.zeros(3, int)])
+    with pytest.raises(LabelError, match=r'label values \[4\]'): pooled_dice([np.array([4])], [np.array([1])])
+
+def test_pooled_dice_against_transcription():
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        shapes = [tuple(int(x) for x in rng.integers(1, 7, rng.integers(1, 4))) for _ in range(rng.integers(0, 5))]
+        absent = {trial % 4}  # 0: none absent; 1..3: that class never drawn, in any volume
+        vals = [c for c in range(4) if c not in absent or c == 0]
+        draw = lambda s: rng.choice(vals, size=s)
+        preds = [draw(s) for s in shapes]; gts = [draw(s) for s in shapes]
+        m, per = pooled_dice(preds, gts)
+        rm, rper = pooled_by_hand(preds, gts, 3)
+        assert same([m] + per, [rm] + rper), (trial, m, per, rm, rper)
+        if shapes and absent != {0}: assert math.isnan(per[trial % 4 - 1])
+        counts = [[sum(int(np.sum((p == c) & (g == c))) for p, g in zip(preds, gts)), sum(int(np.sum(p == c)) for p in preds),
+                   sum(int(np.sum(g == c)) for g in gts)] for c in (1, 2, 3)]
+        assert same([pooled_dice_from_counts(counts)[0]] + pooled_dice_from_counts(counts)[1], [rm] + rper)
 
 def test_grid_mismatch_accepts_itk_style_affine():
     acdc = np.diag([-1., -1, 1, 1]); itk = np.diag([-1.5, -1.5, 10, 1])

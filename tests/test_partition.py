@@ -82,6 +82,14 @@ def test_byte_identical_and_seed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a.json', 'b.json']  # no temporaries left
 
 
+def test_interrupted_write_keeps_the_old_manifest(tmp_path, monkeypatch):
+    p = write_manifest(mk(), tmp_path / 'm.json'); old = p.read_bytes()
+    def boom(self, data): Path.write_text(self, 'half'); raise OSError('disk full')
+    monkeypatch.setattr(Path, 'write_bytes', boom)
+    with pytest.raises(OSError, match='disk full'): write_manifest(mk(patients()[:-1]), p)
+    monkeypatch.undo()
+    assert p.read_bytes() == old and sorted(q.name for q in tmp_path.iterdir()) == ['m.json']
+
 def test_no_machine_paths(tmp_path):
     text = write_manifest(mk(root=tmp_path / 'data' / 'acdc'), tmp_path / 'runs' / 'm.json').read_text()
     assert '"root": "../data/acdc"' in text and 'toy/training' not in text and str(tmp_path) not in text
