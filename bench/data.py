@@ -1,4 +1,4 @@
-"""Benchmark of the data layer (glrp.data): index + preprocess the labeled ACDC frames at 1.25 mm / 352 x 352 with an
+"""Benchmark of the data layer (glrp.data, glrp.preprocess, glrp.cache): index + preprocess the labeled ACDC frames at 1.25 mm / 352 x 352 with an
 empty cache (cold) and from the cache, and synthesize the phantom. A script that prints figures, not a test.
 
     .venv/bin/python bench/data.py [ACDC_DIR] [--workers 2] [--cache DIR]
@@ -8,7 +8,9 @@ and the first run's cold figure includes disk reads). Targets: cached >= 10x fas
 """
 import argparse, os, resource, shutil, sys, tempfile, time
 from pathlib import Path
-from glrp.data import find_acdc, index_acdc, PrepParams, preprocess_dataset, case_sources, load_case
+from glrp.data import find_acdc, index_acdc
+from glrp.preprocess import PrepParams
+from glrp.cache import preprocess_dataset, case_sources, load_case
 
 
 def peak_rss_mib():

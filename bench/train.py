@@ -12,7 +12,7 @@ paths (the machine may be shared: alternating spreads the other jobs' load over 
 path is reported with the median. On CUDA the device is synchronised before every clock reading. Peak RSS of the
 process (and, on CUDA, peak allocated GPU memory per path) and the load average are printed.
 
-Accuracy: a short fine-tune on phantom patients (written to a temporary folder, preprocessed by `glrp.data` at 2 mm /
+Accuracy: a short fine-tune on phantom patients (written to a temporary folder, preprocessed by `glrp.preprocess` at 2 mm /
 128 x 128) with the fast path off and on, and the pooled validation Dice (RV, MYO, LV) of both, taken as the mean over
 the last `--ft-last` epochs. `--finetune engine` (the default when `glrp.train` imports) runs `glrp.train.finetune`
 on a partition manifest of the phantom; `--finetune loop` runs a minimal loop written here (Adam, cosine schedule).
@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from glrp.augment import AugParams, two_views, augment_pair
-from glrp.data import PrepParams, index_acdc, load_case
+from glrp.data import index_acdc
+from glrp.preprocess import PrepParams
+from glrp.cache import load_case
 from glrp.losses import contrastive_loss, positive_weights, seg_loss, local_loss, region_boxes, region_features
 from glrp.synthetic import write_phantom
 from glrp.unet import UNet

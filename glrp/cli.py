@@ -8,7 +8,8 @@ import argparse, json, os, sys
 from pathlib import Path
 import glrp
 from .data import ACDC_LABELS, MNMS_LABELS
-from .data import InputError, DataError, index_acdc, check_dataset, checked_index
+from .data import InputError, DataError, index_acdc
+from .check import check_dataset, checked_index
 from .synthetic import write_phantom
 from .partition import make_manifest, write_manifest, manifest_summary
 from .metrics import evaluate_folder, summary_markdown

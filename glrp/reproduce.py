@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv, fcntl, hashlib, importlib.resources, importlib.util, io, json, math, os, shutil, signal, subprocess, sys, threading, time, warnings
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, replace, fields, MISSING
 from pathlib import Path
 from queue import Queue
 import numpy as np
@@ -23,14 +23,16 @@ from .stats import volume_records, summary_table, stats_markdown
 
 # %% auto #0
 __all__ = ['PCL_CODE', 'METHOD_PLANS', 'PATH_PARAMS', 'RECORD_PATHS', 'NOT_PARAMETERS', 'PAPER', 'ABLATION_DEFAULT',
-           'PROFILE_DEFAULTS', 'PROFILES', 'COMMON', 'CSV_FIELDS', 'REPRO_MODULES', 'canonical_json', 'short_hash',
-           'file_lock', 'experiment_data', 'split_folders', 'experiment_manifest', 'testing_manifest', 'method_plan',
-           'pretraining_protocol', 'pretraining_folder', 'pretrained_encoder', 'finetuned_model', 'validation_crf',
-           'evaluation', 'markdown_rows', 'read_log', 'relative_path', 'resolve_path', 'notebook_parameters',
-           'result_record', 'write_result', 'Experiment', 'load_profile', 'experiments', 'NotebookError', 'Interrupted',
-           'check_parameters_cell', 'notebooks_folder', 'result_path', 'is_done', 'run_notebook', 'descendants',
-           'stop_tree', 'result_rows', 'results_csv', 'main_table_markdown', 'ablation_markdown', 'paired_records',
-           'paired_markdown', 'results_markdown', 'check_repro_installed', 'stop_children_on_signal', 'reproduce']
+           'PROFILE_DEFAULTS', 'PROFILES', 'RUN_FIELDS', 'METHOD_FIELDS', 'NET_FIELDS', 'SECTIONS', 'SETTINGS',
+           'CSV_FIELDS', 'REPRO_MODULES', 'canonical_json', 'short_hash', 'file_lock', 'experiment_data',
+           'split_folders', 'experiment_manifest', 'testing_manifest', 'method_plan', 'pretraining_protocol',
+           'pretraining_folder', 'pretrained_encoder', 'finetuned_model', 'validation_crf', 'evaluation',
+           'markdown_rows', 'read_log', 'relative_path', 'resolve_path', 'notebook_parameters', 'result_record',
+           'write_result', 'Experiment', 'section_settings', 'load_profile', 'experiment_settings', 'experiments',
+           'NotebookError', 'Interrupted', 'check_parameters_cell', 'notebooks_folder', 'result_path', 'is_done',
+           'papermill_json', 'run_notebook', 'descendants', 'stop_tree', 'result_rows', 'results_csv',
+           'main_table_markdown', 'ablation_markdown', 'paired_records', 'paired_markdown', 'results_markdown',
+           'check_repro_installed', 'stop_children_on_signal', 'reproduce']
 
 # %% ../nbs/09_reproduce.ipynb #e8697256
 def canonical_json(obj) -> str:
@@ -307,7 +309,7 @@ def write_result(rec:dict, path) -> Path:
 # %% ../nbs/09_reproduce.ipynb #4b358852
 PAPER = {('glrp', 10): (0.876, 'GLRP abstract'), ('pcl', 10): (0.801, 'GLRP abstract'), ('pcl', 2): (0.671, 'PCL paper')}  # mean Dice, public dataset (ACDC)
 
-ABLATION_DEFAULT = [  # variants of GLRP: (name, overrides of the experiment's parameters)
+ABLATION_DEFAULT = [  # variants of GLRP: (name, overrides of the experiment's PretrainConfig fields)
     ('tent-0.35', dict(kernel='tent', tau=0.35)),
     ('gaussian-0.35', dict(kernel='gaussian', tau=0.35)),
     ('hard-0.35 (PCL weights)', dict(kernel='hard', tau=0.35)),  # PCL's positives, with GLRP's positions and loss scale
@@ -318,41 +320,35 @@ ABLATION_DEFAULT = [  # variants of GLRP: (name, overrides of the experiment's p
     ('joint', dict(stage='joint')),
 ]
 
-PROFILE_DEFAULTS = dict(  # settings most profiles leave alone
-    precision='auto',  # autocast of the fast path: 'auto' (bf16 where the CPU/GPU runs it natively), 'bf16' or 'fp32' (pinned: the same numerics on every machine)
+PROFILE_DEFAULTS = dict(  # what a profile leaves alone unless it says otherwise
+    phantom_patients=20,  # patients of the synthetic phantom, where the profile runs on it (data None)
     pretrain_seed=0,  # seed of pretraining, shared by every fine-tuning seed (pretraining runs once per method and fold)
-    pretrain_max_steps=None,  # cap on pretraining steps per epoch (each epoch draws afresh from the whole pool); None: the whole pool
-    cine_frames=None,  # cine frames per patient added to the pool (a full ACDC download has a cine per patient); None: every frame
-    finetune_steps=None,  # fine-tuning length in optimiser steps (the same for every M); None: finetune_epochs
-    val_every=1,  # validate every this many fine-tuning epochs; 0: ten times per run
     with_crf=True,  # tune the dense CRF on the validation patients and evaluate with it too
+    net={},  # the network and its grid, for pretraining and fine-tuning alike (NET_FIELDS of the configs); {}: the configs' defaults
+    pretrain={},  # PretrainConfig fields that differ from its defaults (epochs, lr, max_steps, cine_frames, ...)
+    finetune={},  # FinetuneConfig fields that differ from its defaults (epochs or steps, lr, val_every, ...)
 )
 
-PROFILES = dict(
-    smoke=PROFILE_DEFAULTS | dict(data=None, phantom_patients=20, folds=5, run_folds=[0], seeds=[0], Ms=[10], val=2,
-               methods=list(METHOD_PLANS), f=8, spacing=2.5, size=[64, 64],
-               pretrain_epochs=4, local_epochs=2, pretrain_batch=32, pretrain_lr=0.02, warmup_epochs=1,
-               finetune_epochs=12, finetune_batch=16, finetune_lr=3e-3,
+PROFILES = {name: PROFILE_DEFAULTS | p for name, p in dict(
+    smoke=dict(data=None, phantom_patients=20, folds=5, run_folds=[0], seeds=[0], Ms=[10], val=2, methods=list(METHOD_PLANS),
+               net=dict(f=8, spacing=2.5, size=[64, 64]),
+               pretrain=dict(epochs=4, local_epochs=2, lr=0.02, warmup_epochs=1), finetune=dict(epochs=12, lr=3e-3),
                crf_grid=dict(bilat_sxy=[1.0, 2.0, 5.0], bilat_compat=[1.0, 3.0], iterations=[5]), crf_iterations=[0, 1, 2, 5, 10],
                ablation=ABLATION_DEFAULT, figures=True),
-    cpu=PROFILE_DEFAULTS | dict(data='required', folds=5, run_folds=[0], seeds=[0], Ms=[10], val=5,
-             methods=list(METHOD_PLANS), f=16, spacing=2.0, size=[128, 128],
-             pretrain_epochs=20, local_epochs=5, pretrain_batch=32, pretrain_lr=0.02, warmup_epochs=2,
-             finetune_epochs=60, finetune_batch=16, finetune_lr=1e-3,
+    cpu=dict(data='required', folds=5, run_folds=[0], seeds=[0], Ms=[10], val=5, methods=list(METHOD_PLANS),
+             net=dict(f=16, spacing=2.0, size=[128, 128]),
+             pretrain=dict(epochs=20, local_epochs=5, lr=0.02, warmup_epochs=2), finetune=dict(epochs=60),
              crf_grid=dict(bilat_sxy=[3.0, 5.0], bilat_schan=[10.0, 20.0], bilat_compat=[3.0, 5.0], iterations=[5]),
              crf_iterations=[0, 1, 2, 5, 10], ablation=[], figures=True),
-    study=PROFILE_DEFAULTS | dict(data='required', folds=5, run_folds=[0, 1, 2, 3, 4], seeds=[0, 1], Ms=[2, 6, 10], val=5,
-               methods=['random', 'pcl', 'glrp-global', 'glrp'], f=16, spacing=2.0, size=[128, 128],
-               pretrain_epochs=12, local_epochs=4, pretrain_batch=32, pretrain_lr=0.02, warmup_epochs=2,
-               pretrain_max_steps=48, cine_frames=2, finetune_epochs=60, finetune_steps=350, val_every=0,
-               finetune_batch=16, finetune_lr=1e-3, precision='bf16', with_crf=False, crf_grid=None, crf_iterations=[],
-               ablation=[], figures=False),
-    paper=PROFILE_DEFAULTS | dict(data='required', folds=5, run_folds=[0, 1, 2, 3, 4], seeds=[0], Ms=[2, 6, 10], val=10,
-               methods=list(METHOD_PLANS), f=48, spacing=1.25, size=[352, 352],
-               pretrain_epochs=100, local_epochs=100, pretrain_batch=32, pretrain_lr=0.1, warmup_epochs=10,
-               finetune_epochs=100, finetune_batch=16, finetune_lr=1e-3,
-               crf_grid=None, crf_iterations=[0, 1, 2, 5, 10], ablation=ABLATION_DEFAULT, figures=True),
-)
+    study=dict(data='required', folds=5, run_folds=[0, 1, 2, 3, 4], seeds=[0, 1], Ms=[2, 6, 10], val=5,
+               methods=['random', 'pcl', 'glrp-global', 'glrp'],
+               net=dict(f=16, spacing=2.0, size=[128, 128], precision='bf16'),
+               pretrain=dict(epochs=12, local_epochs=4, lr=0.02, warmup_epochs=2, max_steps=48, cine_frames=2),
+               finetune=dict(steps=350, val_every=0),
+               with_crf=False, crf_grid=None, crf_iterations=[], ablation=[], figures=False),
+    paper=dict(data='required', folds=5, run_folds=[0, 1, 2, 3, 4], seeds=[0], Ms=[2, 6, 10], val=10, methods=list(METHOD_PLANS),
+               crf_grid=None, crf_iterations=[0, 1, 2, 5, 10], ablation=ABLATION_DEFAULT, figures=True),  # the configs' defaults: PCL's protocol
+).items()}
 
 
 # %% ../nbs/09_reproduce.ipynb #b251b603
@@ -366,14 +362,27 @@ class Experiment:
     @property
     def label(self) -> str: return f"{self.notebook}/{self.name}"
 
-COMMON = ('folds', 'val', 'f', 'spacing', 'size', 'pretrain_epochs', 'local_epochs', 'pretrain_batch', 'pretrain_lr', 'warmup_epochs',
-          'finetune_epochs', 'finetune_batch', 'finetune_lr', 'crf_grid', *PROFILE_DEFAULTS)
+RUN_FIELDS = ('manifest', 'out', 'fold', 'data', 'cache', 'seed', 'device', 'workers', 'progress', 'pretrained', 'parts')  # each experiment sets these
+METHOD_FIELDS = ('method', 'stage', 'base_temperature', 'positions')  # each method's plan sets these (`METHOD_PLANS`); an ablation variant may too
+NET_FIELDS = ('f', 'depth', 'norm', 'spacing', 'size', 'fast', 'precision')  # one value for pretraining and fine-tuning: a profile's `net`
+SECTIONS = dict(net=PretrainConfig, pretrain=PretrainConfig, finetune=FinetuneConfig)  # a profile's config sections and the class of their fields
+SETTINGS = ('phantom_patients', 'folds', 'val', 'pretrain_seed', 'with_crf', 'crf_grid', *SECTIONS)  # what decides one experiment's numbers
+
+def section_settings(section:str, # 'net', 'pretrain' or 'finetune'
+                     overrides:dict|None=None, # the profile's values
+                    ) -> dict:
+    "Every field of the section with its config default (those of `METHOD_FIELDS` only when given), `overrides` applied; an unknown field is an `InputError` naming it."
+    cls = SECTIONS[section]
+    own = {f.name: f for f in fields(cls) if f.name not in RUN_FIELDS and (f.name in NET_FIELDS) == (section == 'net')}
+    if unknown := sorted(set(overrides or {}) - set(own)):
+        raise InputError(f"unknown {section} setting(s) {', '.join(unknown)}; {cls.__name__} fields a profile may set here: {', '.join(own)}")
+    return {k: (f.default_factory() if f.default is MISSING else f.default) for k, f in own.items() if k not in METHOD_FIELDS} | dict(overrides or {})
 
 def load_profile(profile, # a name in `PROFILES`, a dict, or a JSON file holding a dict (with optional 'base': a profile name)
                 ) -> dict:
-    "The profile's settings (a JSON profile's keys override its base profile's)."
+    "The profile's settings (a JSON profile's keys override its base profile's; its net, pretrain and finetune key by key), checked."
     if isinstance(profile, dict): d = dict(profile)
-    elif profile in PROFILES: return dict(PROFILES[profile], name=profile)
+    elif profile in PROFILES: d = dict(base=profile, name=profile)
     elif Path(profile).is_file():
         try: d = json.loads(Path(profile).read_text())
         except json.JSONDecodeError as e: raise DataError(profile, f"not a JSON profile: {e}") from None
@@ -383,7 +392,14 @@ def load_profile(profile, # a name in `PROFILES`, a dict, or a JSON file holding
     if base not in PROFILES: raise InputError(f"unknown base profile {base!r}")
     unknown = set(d) - set(PROFILES[base]) - {'name'}
     if unknown: raise InputError(f"unknown profile keys: {', '.join(sorted(unknown))}")
-    return dict(PROFILES[base]) | d
+    p = dict(PROFILES[base]) | d | {s: PROFILES[base][s] | d.get(s, {}) for s in SECTIONS}
+    for s in SECTIONS: section_settings(s, p[s])
+    return p
+
+def experiment_settings(profile:dict, # from `load_profile`
+                       ) -> dict:
+    "The settings that decide one experiment's numbers, config sections complete (the configs' defaults filled in): the notebooks' `settings`."
+    return {k: section_settings(k, profile[k]) if k in SECTIONS else profile[k] for k in SETTINGS}
 
 def experiments(profile:dict, # from `load_profile`
                 data, # dataset folder, or None (the phantom, where the profile allows it)
@@ -395,18 +411,19 @@ def experiments(profile:dict, # from `load_profile`
     if profile['data'] == 'required' and data is None:
         raise InputError(f"profile {profile.get('name', '')!r} needs real data: pass --data with the ACDC folder (the one holding training/)")
     out = Path(work).parent if out is None else Path(out)
-    base = dict(data=None if data is None else str(Path(data).expanduser()), work=str(work), device=device,
-                phantom_patients=profile.get('phantom_patients', 20), **{k: profile[k] for k in COMMON})
+    base = dict(data=None if data is None else str(Path(data).expanduser()), work=str(work), device=device)
+    settings = experiment_settings(profile)
     exps = []
     for fold in profile['run_folds']:  # fold by fold: a fold's pretraining serves all its M and seeds, and a run cut short leaves whole folds
         for M in profile['Ms']:
             for seed in profile['seeds']:  # seed 0 keeps the plain name
                 for method in profile['methods']:
                     exps.append(Experiment('main_table', f"{method}-M{M}-fold{fold}" + (f"-seed{seed}" if seed else ''),
-                                           base | dict(method=method, M=M, fold=fold, seed=seed)))
+                                           base | dict(method=method, M=M, fold=fold, seed=seed, settings=settings)))
     for name, over in profile['ablation']:
-        exps.append(Experiment('ablation', name, base | dict(variant=name, M=max(profile['Ms']), fold=profile['run_folds'][0],
-                                                             crf_iterations=profile['crf_iterations']) | over))
+        exps.append(Experiment('ablation', name, base | dict(variant=name, M=max(profile['Ms']), fold=profile['run_folds'][0], seed=0,
+                                                             crf_iterations=profile['crf_iterations'],
+                                                             settings=settings | dict(pretrain=settings['pretrain'] | dict(over)))))
     if profile['figures']:
         exps.append(Experiment('figures', 'figures', dict(data=base['data'], work=base['work'], results=None, M=max(profile['Ms']),
                                                           fold=profile['run_folds'][0], device=device)))
@@ -459,6 +476,15 @@ def is_done(exp:Experiment, # the experiment
         return canonical_json(a) == canonical_json(b)
     return all(k in got and same(k, got[k], v) for k, v in exp.params.items())
 
+def papermill_json(obj) -> str:
+    "JSON that papermill's parameter file loader (YAML 1.1) reads back with the same types: every float carries a '.' (YAML reads 1e-05 as a string)."
+    if isinstance(obj, float) and math.isfinite(obj):
+        r = json.dumps(obj)
+        return r if '.' in r or 'e' not in r else r.replace('e', '.0e', 1)
+    if isinstance(obj, dict): return '{' + ', '.join(f"{json.dumps(str(k))}: {papermill_json(v)}" for k, v in obj.items()) + '}'
+    if isinstance(obj, (list, tuple)): return '[' + ', '.join(papermill_json(v) for v in obj) + ']'
+    return json.dumps(obj)
+
 def run_notebook(exp:Experiment, # the experiment
                  out, # the reproduction's output folder
                  notebooks, # folder of the notebooks
@@ -473,7 +499,7 @@ def run_notebook(exp:Experiment, # the experiment
     params = dict(exp.params, result=result_path(exp, out).name)  # paths relative to the experiment's folder, papermill's working directory
     if exp.notebook == 'figures' and params.get('results') is None: params['results'] = relative_path(out, folder)
     pfile = folder/'parameters.json'
-    pfile.write_text(json.dumps(params, indent=1))
+    pfile.write_text(papermill_json(params))
     nb_out, log = folder/f"{exp.notebook}.ipynb", folder/'papermill.log'
     env = dict(os.environ, PYTHONUNBUFFERED='1', MPLBACKEND='Agg')
     if gpu is not None: env['CUDA_VISIBLE_DEVICES'] = str(gpu)

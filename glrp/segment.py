@@ -13,8 +13,8 @@ import torch
 from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 from .data import (CLASSES, ACDC_LABELS, MNMS_LABELS, PATIENT_RE, InputError, DataError, LayoutError, MissingFileError,
-                       ShapeError, PrepParams, prep_geometry, preprocess, restore, argmax0, save_nifti_like, atomic_path, load_nifti,
-                       nifti_header, patient_dirs)
+                       ShapeError, save_nifti_like, atomic_path, load_nifti, nifti_header, patient_dirs)
+from .preprocess import PrepParams, prep_geometry, preprocess, restore, argmax0
 from .train import read_model, pick_device, fast_settings, autocast, to_input, read_crf_params
 
 # %% auto #0

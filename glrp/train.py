@@ -11,8 +11,10 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 from tqdm.auto import tqdm
-from .data import InputError, JSONRecord, DataError, ShapeError, PrepParams, Source, as_source, index_acdc, load_case
-from .data import preprocess_dataset, restore, save_nifti_like, atomic_path, write_json, provenance
+from .data import InputError, JSONRecord, DataError, ShapeError, Source, as_source, index_acdc
+from .data import save_nifti_like, atomic_path, write_json, provenance
+from .preprocess import PrepParams, restore
+from .cache import load_case, preprocess_dataset
 from .partition import read_manifest, fold_volumes, slice_positions, slice_partitions, manifest_root
 from .unet import NORMS, UNet, load_pretrained, WeightMismatchError, is_pcl_state_dict, pcl_config, load_pcl, read_pcl
 from .losses import METHODS, contrastive_loss, positive_weights, local_loss, region_features, seg_loss

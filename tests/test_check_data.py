@@ -1,4 +1,4 @@
-"""`glrp.data.check_dataset` reports every problem of a dataset, each with the right type and file, and the
+"""`glrp.check.check_dataset` reports every problem of a dataset, each with the right type and file, and the
 loaders (`index_acdc`, `load_case`) raise the same typed errors. Each broken case starts from a clean synthetic
 phantom (`write_dataset` in conftest.py) and breaks one thing."""
 import shutil
@@ -9,8 +9,11 @@ import pytest
 from conftest import write_dataset, rewrite
 import gzip
 from glrp.data import (DataError, LayoutError, MissingFileError, InfoError, CorruptFileError, ShapeError, LabelError,
-                       IntensityError, ACDC_LABELS, MNMS_LABELS, check_dataset, index_acdc, load_case, PrepParams,
-                       case_sources, cine_volumes, read_info, checked_index, load_volume, Source, GRID_TOL, MAX_VOXELS)
+                       IntensityError, ACDC_LABELS, MNMS_LABELS, index_acdc, cine_volumes, read_info, load_volume, Source,
+                       GRID_TOL, MAX_VOXELS)
+from glrp.check import check_dataset, checked_index
+from glrp.preprocess import PrepParams
+from glrp.cache import load_case, case_sources
 
 
 @pytest.fixture(scope='module')

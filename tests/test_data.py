@@ -1,4 +1,4 @@
-"""Reading, preprocessing, restoring and caching volumes (glrp.data): on a small synthetic dataset and, when
+"""Reading, preprocessing, restoring and caching volumes (glrp.data, glrp.preprocess, glrp.cache): on a small synthetic dataset and, when
 present, on real ACDC (the 200-frame preprocess -> restore round trip)."""
 import json, os, shutil, time
 from pathlib import Path
@@ -6,10 +6,10 @@ import numpy as np
 import nibabel as nib
 import pytest
 from glrp.data import (InputError, JSONRecord, atomic_path, write_json, DataError, MissingFileError, CorruptFileError, ShapeError, LabelError, IntensityError, LayoutError,
-                       ACDC_LABELS, MNMS_LABELS, CLASSES, PrepParams, PrepMeta, Source, Case, index_acdc, read_patient,
-                       load_nifti, load_image, load_label, load_volume, preprocess, restore, save_nifti_like,
-                       cine_volumes, cine_sources, load_case, cache_path, preprocess_dataset, case_sources,
-                       resize_inplane, resize_labels, one_hot, argmax0, prep_geometry, nifti_header)
+                       ACDC_LABELS, MNMS_LABELS, CLASSES, Source, index_acdc, read_patient,
+                       load_nifti, load_image, load_label, load_volume, save_nifti_like, cine_volumes, cine_sources, nifti_header)
+from glrp.preprocess import PrepParams, PrepMeta, preprocess, restore, resize_inplane, resize_labels, one_hot, argmax0, prep_geometry
+from glrp.cache import Case, load_case, cache_path, preprocess_dataset, case_sources
 from conftest import write_dataset, rewrite
 
 

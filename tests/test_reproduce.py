@@ -3,7 +3,7 @@ import csv, json, os, re, shutil, subprocess, sys
 from pathlib import Path
 import nbformat
 import pytest
-from glrp.reproduce import PROFILES, CSV_FIELDS, check_parameters_cell, notebooks_folder, NotebookError
+from glrp.reproduce import PROFILES, CSV_FIELDS, check_parameters_cell, notebooks_folder, NotebookError, experiment_settings, load_profile
 from glrp.synthetic import write_phantom
 
 pytestmark = pytest.mark.timeout(900)
@@ -11,8 +11,8 @@ pytestmark = pytest.mark.timeout(900)
 NOTEBOOKS = ('main_table', 'ablation', 'figures')
 
 # A few synthetic patients, two methods, one GLRP ablation variant, one epoch each: the whole pipeline in about a minute.
-TINY = dict(base='smoke', name='tiny', folds=4, Ms=[2], val=1, methods=['random', 'glrp'], f=4, size=[32, 32], spacing=5.0,
-            pretrain_epochs=1, local_epochs=1, pretrain_batch=16, finetune_epochs=2, finetune_batch=8,
+TINY = dict(base='smoke', name='tiny', folds=4, Ms=[2], val=1, methods=['random', 'glrp'], net=dict(f=4, size=[32, 32], spacing=5.0),
+            pretrain=dict(epochs=1, local_epochs=1, batch=16), finetune=dict(epochs=2, batch=8),
             crf_grid={'iterations': [1, 2]}, crf_iterations=[0, 2], ablation=[['hard', {'kernel': 'hard'}]])
 
 
@@ -210,10 +210,10 @@ def test_profiles():
     "The four built-in profiles: smoke needs no data; cpu, study and paper do; paper is the full protocol; study pins its precision."
     assert PROFILES['smoke']['data'] is None and PROFILES['cpu']['data'] == PROFILES['study']['data'] == PROFILES['paper']['data'] == 'required'
     s = PROFILES['study']
-    assert (len(s['run_folds']), s['Ms'], len(s['seeds']), s['precision']) == (5, [2, 6, 10], 2, 'bf16')
+    assert (len(s['run_folds']), s['Ms'], len(s['seeds']), s['net']['precision']) == (5, [2, 6, 10], 2, 'bf16')
     assert {'random', 'pcl', 'glrp-global', 'glrp'} <= set(s['methods'])
-    p = PROFILES['paper']
-    assert (p['f'], p['spacing'], p['size'], len(p['run_folds']), p['Ms']) == (48, 1.25, [352, 352], 5, [2, 6, 10])
+    p = experiment_settings(PROFILES['paper'])
+    assert (p['net']['f'], p['net']['spacing'], tuple(p['net']['size']), len(PROFILES['paper']['run_folds']), PROFILES['paper']['Ms']) == (48, 1.25, (352, 352), 5, [2, 6, 10])
     c = PROFILES['cpu']
     assert c['run_folds'] == [0] and c['Ms'] == [10] and len(c['methods']) == 6
 
@@ -234,7 +234,6 @@ def test_committed_cpu_results():
 
 def test_committed_study_results():
     "results/study (the study profile on real ACDC): CSV and report agree with the result JSONs; README shows the same tables; one clean commit, one precision, the profile's settings; numbers only."
-    from glrp.reproduce import COMMON, load_profile
     res = Path(__file__).resolve().parent.parent/'results'/'study'
     recs = results(res)
     assert recs and {r['method'] for r in recs.values()} <= set(PROFILES['study']['methods'])
@@ -246,9 +245,8 @@ def test_committed_study_results():
     commits = {r['software']['git_commit'] for r in recs.values()}
     assert len(commits) == 1 and not next(iter(commits)).endswith('+dirty'), commits  # one pinned, clean commit
     assert {(r['numerics']['precision'], r['numerics']['cpu_capability']) for r in recs.values()} == {('bf16', 'AVX512')}
-    study = load_profile('study')
-    for r in recs.values():  # the settings the profile defines today
-        assert all(r['parameters'][k] == study[k] for k in COMMON), r['parameters']
+    settings = json.loads(json.dumps(experiment_settings(load_profile('study'))))
+    for r in recs.values(): assert r['parameters']['settings'] == settings, r['parameters']  # the settings the profile defines today
     files = [p for p in res.rglob('*') if p.is_file()]
     assert all(p.suffix in ('.json', '.csv', '.md') for p in files), files  # no images, no NIfTI, no figures
     for p in res.rglob('*.json'): assert not absolute_paths(json.loads(p.read_text())), p
@@ -259,8 +257,8 @@ def test_sigterm_stops_the_runner_and_its_children(tmp_path):
     import signal, time
     from glrp.reproduce import descendants
     write_phantom(tmp_path/'data', n_patients=6, seed=3)
-    prof = dict(TINY, name='sig', methods=['glrp'], ablation=[], figures=False, f=8, size=[64, 64], spacing=2.5,
-                pretrain_epochs=300, local_epochs=300)  # minutes: long enough to be killed in the middle
+    prof = dict(TINY, name='sig', methods=['glrp'], ablation=[], figures=False, net=dict(f=8, size=[64, 64], spacing=2.5),
+                pretrain=dict(epochs=300, local_epochs=300))  # minutes: long enough to be killed in the middle
     (tmp_path/'sig.json').write_text(json.dumps(prof))
     env = dict(os.environ, OMP_NUM_THREADS='1')
     p = subprocess.Popen([sys.executable, '-m', 'glrp.cli', 'reproduce', '--profile', 'sig.json', '--data', 'data', '--out', 'out'],
