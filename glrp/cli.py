@@ -13,7 +13,8 @@ from .check import check_dataset, checked_index
 from .synthetic import write_phantom
 from .partition import make_manifest, write_manifest, manifest_summary
 from .metrics import evaluate_folder, summary_markdown
-from .train import PretrainConfig, FinetuneConfig, PREDICT_ROLES, field_help, pretrain, finetune, predict, DivergenceError, export_model
+from .train import PretrainConfig, FinetuneConfig, field_help, pretrain, finetune, DivergenceError
+from .inference import PREDICT_ROLES, predict, export_model
 
 # %% auto #0
 __all__ = ['LABEL_MAPS', 'cmd_synth', 'cmd_check_data', 'cmd_partition', 'cmd_evaluate', 'cmd_pretrain', 'cmd_finetune',

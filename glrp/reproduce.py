@@ -15,8 +15,9 @@ import glrp
 from .data import InputError, DataError, index_acdc, data_hash, provenance, atomic_path, write_json
 from .synthetic import write_phantom
 from .partition import make_manifest, write_manifest, read_manifest, manifest_root, portable_root, resolve_root, FORMAT_VERSION
-from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, pretrain, pretrain_phases, finetune, predict,
+from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, recorded_path, pretrain, pretrain_phases, finetune,
                         load_checkpoint, load_slices)
+from .inference import predict
 from .crf import CRFParams, tune_crf
 from .metrics import evaluate_folder
 from .stats import volume_records, summary_table, stats_markdown
@@ -197,9 +198,11 @@ def finetuned_model(cfg:FinetuneConfig, # the fine-tuning (cfg.out is the run fo
     return out/'best.pt'
 
 def _run_paths(checkpoint) -> tuple:
-    "(FinetuneConfig, manifest dict, cache folder) of a fine-tuned checkpoint."
-    cfg = FinetuneConfig.from_dict(load_checkpoint(checkpoint)['config'])
-    return cfg, read_manifest(cfg.manifest), cfg.cache or Path(cfg.manifest).parent/'cache'
+    "(FinetuneConfig, manifest dict, cache folder) of a fine-tuned checkpoint; paths as recorded relative to its run folder (valid when the output folder moved)."
+    ck = load_checkpoint(checkpoint)
+    cfg = FinetuneConfig.from_dict(ck['config'])
+    man = recorded_path(ck, 'manifest', checkpoint) or Path(cfg.manifest)
+    return cfg, read_manifest(man), recorded_path(ck, 'cache', checkpoint) or cfg.cache or man.parent/'cache'
 
 def validation_crf(checkpoint, # fine-tuned checkpoint (best.pt)
                    out, # folder for the validation predictions (probabilities kept for the tuning)

@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from .data import (CLASSES, ACDC_LABELS, MNMS_LABELS, PATIENT_RE, InputError, DataError, LayoutError, MissingFileError,
                        ShapeError, save_nifti_like, atomic_path, load_nifti, nifti_header, patient_dirs)
 from .preprocess import PrepParams, prep_geometry, preprocess, restore, argmax0
-from .train import read_model, pick_device, fast_settings, autocast, to_input, read_crf_params
+from .train import pick_device, fast_settings, autocast, to_input
+from .inference import read_model, read_crf_params
 
 # %% auto #0
 __all__ = ['NIFTI_SUFFIXES', 'FOVS', 'OUTPUT_LABELS', 'is_nifti', 'nifti_split', 'is_acdc', 'acdc_frames', 'folder_scans',

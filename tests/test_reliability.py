@@ -5,8 +5,9 @@ import pytest
 import torch
 from glrp.synthetic import write_phantom
 from glrp.partition import make_manifest, write_manifest
-from glrp.train import (PretrainConfig, FinetuneConfig, DivergenceError, pretrain, finetune, predict, load_checkpoint,
+from glrp.train import (PretrainConfig, FinetuneConfig, DivergenceError, pretrain, finetune, load_checkpoint,
                         save_checkpoint)
+from glrp.inference import predict
 import glrp.train as gtrain
 from glrp.cli import main
 

@@ -123,6 +123,20 @@ def test_end_to_end(tiny):
     assert recs['figures/figures']['parameters']['results'] == '../..'
 
 
+def test_moved_output_folder(tiny):
+    "A reproduction's output folder moved elsewhere: its fine-tuned checkpoints still find their manifest and cache (paths recorded relative to the run)."
+    from glrp.reproduce import _run_paths
+    tmp, r = tiny
+    moved = tmp/'moved'
+    shutil.copytree(tmp/'out', moved)
+    (tmp/'out').rename(tmp/'out.hidden')  # the old absolute paths now lead nowhere
+    try:
+        cfg, m, cache = _run_paths(moved/'main_table'/'glrp-M2-fold0'/'finetune'/'best.pt')
+        assert Path(cache).resolve() == (moved/'work'/'cache').resolve() and m['folds'][0]['test']
+        assert not Path(cfg.manifest).exists()  # the config itself still names the old place
+    finally: (tmp/'out.hidden').rename(tmp/'out'); shutil.rmtree(moved)
+
+
 def test_skip_and_resume(tiny):
     tmp, _ = tiny
     out = tmp/'out'

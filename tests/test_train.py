@@ -9,7 +9,8 @@ import torch
 from glrp.synthetic import write_phantom
 from glrp.partition import make_manifest, write_manifest, fold_volumes
 from glrp.metrics import evaluate_folder
-from glrp.train import PretrainConfig, FinetuneConfig, pretrain, finetune, predict, load_checkpoint, fast_settings
+from glrp.train import PretrainConfig, FinetuneConfig, pretrain, finetune, load_checkpoint, fast_settings
+from glrp.inference import predict
 from glrp.cli import main
 
 TINY = dict(spacing=2.5, size=(64, 64), workers=1, progress=False)
