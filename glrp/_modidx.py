@@ -508,6 +508,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'glrp.train.recorded_path': ('train.html#recorded_path', 'glrp/train.py'),
                             'glrp.train.relative_to': ('train.html#relative_to', 'glrp/train.py'),
                             'glrp.train.rng_state': ('train.html#rng_state', 'glrp/train.py'),
+                            'glrp.train.run_inputs': ('train.html#run_inputs', 'glrp/train.py'),
                             'glrp.train.run_paths': ('train.html#run_paths', 'glrp/train.py'),
                             'glrp.train.run_record': ('train.html#run_record', 'glrp/train.py'),
                             'glrp.train.save_checkpoint': ('train.html#save_checkpoint', 'glrp/train.py'),

@@ -13,7 +13,7 @@ from .data import DataError, save_nifti_like, atomic_path, write_json, provenanc
 from .preprocess import restore
 from .partition import read_manifest
 from .unet import UNet
-from .train import (FinetuneConfig, ConfigError, load_checkpoint, save_checkpoint, recorded_path, load_slices, pick_device,
+from .train import (FinetuneConfig, ConfigError, load_checkpoint, save_checkpoint, run_inputs, load_slices, pick_device,
                         fast_settings, predict_probs)
 
 # %% auto #0
@@ -72,11 +72,11 @@ def predict(checkpoint, # a fine-tuned checkpoint (best.pt or last.pt of glrp fi
     cfg = FinetuneConfig.from_dict(ck['config'])
     model = segmentation_model(ck, checkpoint)
     if crf or crf_params is not None: crf_params = read_crf_params(crf_params)  # a bad file fails before any work
-    man_path = manifest or recorded_path(ck, 'manifest', checkpoint) or cfg.manifest
-    m = read_manifest(man_path)
+    rec = run_inputs(ck, checkpoint, manifest)
+    m = read_manifest(rec['manifest'])
     fold = cfg.fold if fold is None else fold
-    cache = cache or recorded_path(ck, 'cache', checkpoint) or cfg.cache or Path(man_path).parent/'cache'
-    data = data if data is not None else (recorded_path(ck, 'data', checkpoint) or cfg.data)
+    cache = cache or rec['cache']
+    data = data if data is not None else rec['data']
     ds = load_slices(m, fold, role, cfg.prep(), cache, data, workers, labels=False)
     dev = pick_device(device); fs = fast_settings(dev, fast)
     model.to(dev)

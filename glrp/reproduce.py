@@ -15,7 +15,7 @@ import glrp
 from .data import InputError, DataError, index_acdc, data_hash, provenance, atomic_path, write_json
 from .synthetic import write_phantom
 from .partition import make_manifest, write_manifest, read_manifest, manifest_root, portable_root, resolve_root, FORMAT_VERSION
-from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, recorded_path, pretrain, pretrain_phases, finetune,
+from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, run_inputs, pretrain, pretrain_phases, finetune,
                         load_checkpoint, load_slices)
 from .inference import predict
 from .crf import CRFParams, tune_crf
@@ -200,9 +200,8 @@ def finetuned_model(cfg:FinetuneConfig, # the fine-tuning (cfg.out is the run fo
 def _run_paths(checkpoint) -> tuple:
     "(FinetuneConfig, manifest dict, cache folder) of a fine-tuned checkpoint; paths as recorded relative to its run folder (valid when the output folder moved)."
     ck = load_checkpoint(checkpoint)
-    cfg = FinetuneConfig.from_dict(ck['config'])
-    man = recorded_path(ck, 'manifest', checkpoint) or Path(cfg.manifest)
-    return cfg, read_manifest(man), recorded_path(ck, 'cache', checkpoint) or cfg.cache or man.parent/'cache'
+    rec = run_inputs(ck, checkpoint)
+    return FinetuneConfig.from_dict(ck['config']), read_manifest(rec['manifest']), rec['cache']
 
 def validation_crf(checkpoint, # fine-tuned checkpoint (best.pt)
                    out, # folder for the validation predictions (probabilities kept for the tuning)

@@ -28,9 +28,9 @@ __all__ = ['STAGES', 'SLICE_RULES', 'PRECISIONS', 'RESUME_FREE', 'ConfigError', 
            'epoch_batches', 'pick_device', 'bf16_supported', 'fast_settings', 'numerics', 'autocast', 'to_input',
            'rng_state', 'set_rng_state', 'save_checkpoint', 'read_weights', 'nonfinite_tensors', 'load_checkpoint',
            'check_checkpoint', 'clean_stale_temporaries', 'write_log', 'relative_to', 'run_paths', 'recorded_path',
-           'run_record', 'ProjNet', 'method_kwargs', 'pretrain_phases', 'phase_of', 'set_phase', 'set_train_mode',
-           'pretrain_loss', 'warmup_cosine', 'check_step', 'Stage', 'fit', 'Pretraining', 'pretrain', 'predict_probs',
-           'spacing_range', 'Finetuning', 'finetune']
+           'run_inputs', 'run_record', 'ProjNet', 'method_kwargs', 'pretrain_phases', 'phase_of', 'set_phase',
+           'set_train_mode', 'pretrain_loss', 'warmup_cosine', 'check_step', 'Stage', 'fit', 'Pretraining', 'pretrain',
+           'predict_probs', 'spacing_range', 'Finetuning', 'finetune']
 
 # %% ../nbs/06_train.ipynb #fec7c4d1
 STAGES = ('global', 'local', 'global+local', 'joint')
@@ -463,6 +463,16 @@ def recorded_path(ck:dict, # a checkpoint (or run.json) with `paths`
     "A path recorded by `run_paths`, resolved against the checkpoint's folder; None when not recorded."
     rel = (ck.get('paths') or {}).get(key)
     return None if rel is None else (Path(ck_path).resolve().parent/rel).resolve()
+
+def run_inputs(ck:dict, # a checkpoint with `config` and `paths`
+               ck_path, # where the checkpoint lies
+               manifest=None, # a manifest to use instead of the run's
+              ) -> dict:
+    "{'manifest', 'cache', 'data'} of a run: the paths recorded relative to it (valid when run and inputs moved together), else its config's."
+    cfg = ck['config']
+    man = Path(manifest or recorded_path(ck, 'manifest', ck_path) or cfg['manifest'])
+    return dict(manifest=man, cache=recorded_path(ck, 'cache', ck_path) or cfg.get('cache') or man.parent/'cache',
+                data=recorded_path(ck, 'data', ck_path) or cfg.get('data'))
 
 def run_record(cfg, kind:str, manifest:dict, info, device, fs:dict) -> dict:
     "What `run.json` holds: the config, seed, data hash and code version of a run (input paths relative to the run folder)."
