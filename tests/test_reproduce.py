@@ -266,6 +266,12 @@ def test_committed_study_results():
     files = [p for p in res.rglob('*') if p.is_file()]
     assert all(p.suffix in ('.json', '.csv', '.md') for p in files), files  # no images, no NIfTI, no figures
     for p in res.rglob('*.json'): assert not absolute_paths(json.loads(p.read_text())), p
+    if (res/'curves.csv').is_file():  # the fine-tuning runs' validation curves: each run's best is the model it kept
+        best = {}
+        for row in csv.DictReader((res/'curves.csv').open()): best[row['experiment']] = max(best.get(row['experiment'], 0.), float(row['val_dice']))
+        by_name = {Path(k).name: r for k, r in recs.items()}
+        assert best and set(best) <= set(by_name), set(best) - set(by_name)
+        for e, d in best.items(): assert abs(d - by_name[e]['best_val_dice']) < 1e-4, (e, d, by_name[e]['best_val_dice'])
 
 
 def test_sigterm_stops_the_runner_and_its_children(tmp_path):
