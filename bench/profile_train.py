@@ -78,8 +78,8 @@ def main():
     write_manifest(make_manifest(data, folds=5, labeled=4, val=2, seed=0), tmp/'manifest.json')
     common = dict(manifest=str(tmp/'manifest.json'), spacing=a.spacing, size=(a.size, a.size), f=a.f, workers=0, progress=False,
                   fast=not a.no_fast, precision=a.precision, max_steps=a.steps, device='cpu')
-    fs = fast_settings(torch.device('cpu'), not a.no_fast, a.precision)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {numerics(torch.device('cpu'), fs)}, load {os.getloadavg()[0]:.2f}")
+    fast_cfg = fast_settings(torch.device('cpu'), not a.no_fast, a.precision)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {numerics(torch.device('cpu'), fast_cfg)}, load {os.getloadavg()[0]:.2f}")
     # warm the cache (not timed as training) and the kernels
     pretrain(PretrainConfig(out=str(tmp/'warm'), stage='global', epochs=1, batch=a.pre_batch, **(common | dict(max_steps=2))))
     instrument()

@@ -272,8 +272,8 @@ def index_acdc(root, # a dataset root, a split folder or a folder of patientXXX 
 # %% ../nbs/00_data.ipynb #2bf41f07
 def patient_files(p:Patient) -> list:
     "Every file of patient `p` that the index uses, in a fixed order."
-    fs = [p.folder/'Info.cfg'] + [f for fr in p.frames for f in (fr.image, fr.label) if f is not None]
-    return fs + ([p.cine] if p.cine else [])
+    files = [p.folder/'Info.cfg'] + [f for fr in p.frames for f in (fr.image, fr.label) if f is not None]
+    return files + ([p.cine] if p.cine else [])
 
 def data_hash(patients:list, # `Patient`s from `index_acdc`
              ) -> str:

@@ -78,10 +78,10 @@ def predict(checkpoint, # a fine-tuned checkpoint (best.pt or last.pt of glrp fi
     cache = cache or rec['cache']
     data = data if data is not None else rec['data']
     ds = load_slices(m, fold, role, cfg.prep(), cache, data, workers, labels=False)
-    dev = pick_device(device); fs = fast_settings(dev, fast)
+    dev = pick_device(device); fast_cfg = fast_settings(dev, fast)
     model.to(dev)
-    if fs['channels_last']: model = model.to(memory_format=torch.channels_last)
-    probs = predict_probs(model, ds, dev, fs, batch)
+    if fast_cfg['channels_last']: model = model.to(memory_format=torch.channels_last)
+    probs = predict_probs(model, ds, dev, fast_cfg, batch)
     if crf:
         from glrp.crf import crf_refine
         probs, _ = crf_refine(probs, [c.image for c in ds.cases], crf_params, workers=workers or None)

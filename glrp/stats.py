@@ -249,8 +249,8 @@ def method_rows(records:list, # per-volume records
     pooled, pats, rows = fold_pooled_dice(records, classes), {}, []
     for r in records: pats.setdefault((r['method'], r['M']), set()).add((r['fold'], r['patient']))
     for M, m in sorted({k[:2][::-1] for k in pooled}, key=lambda k: (_nat(k[0]), _method_key(k[1]))):
-        fs = sorted((f for (mm, MM, f) in pooled if (mm, MM) == (m, M)), key=_nat)
-        x = np.array([pooled[(m, M, f)] for f in fs]); x = x[np.isfinite(x)]; n = len(x)
+        fold_ids = sorted((f for (mm, MM, f) in pooled if (mm, MM) == (m, M)), key=_nat)
+        x = np.array([pooled[(m, M, f)] for f in fold_ids]); x = x[np.isfinite(x)]; n = len(x)
         mean = float(x.mean()) if n else math.nan
         sd = float(x.std(ddof=1)) if n > 1 else math.nan
         half = float(sps.t.ppf((1 + level)/2, n - 1)*sd/math.sqrt(n)) if n > 1 else math.nan

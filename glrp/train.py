@@ -168,7 +168,7 @@ class FinetuneConfig(_Config):
     wd: float = 0.0  # Adam weight decay
     ce_weight: float = 1.0  # weight of the cross-entropy
     dice_weight: float = 1.0  # weight of the soft Dice loss
-    val_every: int = 1  # validate every this many epochs (and after the last); 0: ten times per run, evenly spread (for `steps`, whose epochs depend on M)
+    val_every: int = 1  # validate every this many epochs (and after the last); 0: every epochs // 10 epochs, ten or more times per run (for `steps`, whose epochs depend on M)
     aug: dict = field(default_factory=dict)  # overrides of AugParams.finetune() (JSON on the command line)
     seed: int = 0  # seed of weights, sampling and augmentation
     device: str = 'auto'  # cpu, cuda or auto
@@ -184,7 +184,7 @@ class FinetuneConfig(_Config):
         _check_common(self)
         _check(self.batch >= 1, f"batch must be >= 1, got {self.batch}")
         _check(self.steps is None or self.steps >= 1, f"steps must be >= 1 or None, got {self.steps}")
-        _check(self.val_every >= 0, f"val_every must be >= 0 (0: ten times per run), got {self.val_every}")
+        _check(self.val_every >= 0, f"val_every must be >= 0 (0: every epochs // 10 epochs), got {self.val_every}")
         _check(bool(self.parts) and set(self.parts) <= {'encoder', 'decoder', 'head'}, f"parts must be among encoder, decoder, head, got {self.parts}")
         for name in ('ce_weight', 'dice_weight'): _check(_finite(getattr(self, name)) and getattr(self, name) >= 0, f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         _check(self.ce_weight + self.dice_weight > 0, "ce_weight and dice_weight are both 0: nothing to train")
@@ -350,19 +350,19 @@ def fast_settings(device:torch.device, # the training device
     on = fast and (precision == 'bf16' or (precision == 'auto' and bf16_supported(device)))
     return dict(channels_last=bool(fast), amp=torch.bfloat16 if on else None)
 
-def numerics(device:torch.device, fs:dict) -> dict:
+def numerics(device:torch.device, fast_cfg:dict) -> dict:
     "What decides a run's numbers beyond its config: the CPU's capability (AVX2, AVX512, ...), the device, and the precision trained in."
     return dict(cpu_capability=torch.backends.cpu.get_cpu_capability(), device=str(device),
-                precision='bf16' if fs['amp'] is not None else 'fp32', channels_last=fs['channels_last'])
+                precision='bf16' if fast_cfg['amp'] is not None else 'fp32', channels_last=fast_cfg['channels_last'])
 
-def autocast(device:torch.device, fs:dict):
-    "The autocast context of the fast settings `fs`."
-    return torch.autocast(device.type, dtype=fs['amp'] or torch.float32, enabled=fs['amp'] is not None)
+def autocast(device:torch.device, fast_cfg:dict):
+    "The autocast context of the fast settings `fast_cfg`."
+    return torch.autocast(device.type, dtype=fast_cfg['amp'] or torch.float32, enabled=fast_cfg['amp'] is not None)
 
-def to_input(x:Tensor, device:torch.device, fs:dict) -> Tensor:
+def to_input(x:Tensor, device:torch.device, fast_cfg:dict) -> Tensor:
     "A batch of images on `device`, channels_last when the fast path is on."
     x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if fs['channels_last'] else x
+    return x.contiguous(memory_format=torch.channels_last) if fast_cfg['channels_last'] else x
 
 # %% ../nbs/06_train.ipynb #b367adf6
 def rng_state(gen:torch.Generator) -> dict:
@@ -474,11 +474,11 @@ def run_inputs(ck:dict, # a checkpoint with `config` and `paths`
     return dict(manifest=man, cache=recorded_path(ck, 'cache', ck_path) or cfg.get('cache') or man.parent/'cache',
                 data=recorded_path(ck, 'data', ck_path) or cfg.get('data'))
 
-def run_record(cfg, kind:str, manifest:dict, info, device, fs:dict) -> dict:
+def run_record(cfg, kind:str, manifest:dict, info, device, fast_cfg:dict) -> dict:
     "What `run.json` holds: the config, seed, data hash and code version of a run (input paths relative to the run folder)."
     return dict(kind=kind, config=cfg.to_dict(), seed=cfg.seed, data_hash=manifest.get('data_hash'),
-                paths=run_paths(cfg, cfg.out), fold=cfg.fold, world=info.world, device=str(device), numerics=numerics(device, fs),
-                fast=dict(channels_last=fs['channels_last'], amp=str(fs['amp'])), provenance=provenance(),
+                paths=run_paths(cfg, cfg.out), fold=cfg.fold, world=info.world, device=str(device), numerics=numerics(device, fast_cfg),
+                fast=dict(channels_last=fast_cfg['channels_last'], amp=str(fast_cfg['amp'])), provenance=provenance(),
                 started=time.strftime('%Y-%m-%dT%H:%M:%S'))
 
 # %% ../nbs/06_train.ipynb #45304bd2
@@ -525,7 +525,7 @@ def set_train_mode(model:UNet, phase:str):
 def pretrain_loss(net:nn.Module, # `ProjNet` (or its DDP wrapper)
                   b:dict, # a batch from `SliceDataset.batch`
                   phase:str, # 'global', 'local' or 'joint'
-                  cfg:PretrainConfig, aug:AugParams, gen:torch.Generator, device, fs:dict,
+                  cfg:PretrainConfig, aug:AugParams, gen:torch.Generator, device, fast_cfg:dict,
                   info:gdist.DistInfo|None=None, # from `init_distributed` (None: one process)
                  ) -> Tensor:
     "The contrastive loss of one step (this process's anchors against the gathered batch)."
@@ -534,8 +534,8 @@ def pretrain_loss(net:nn.Module, # `ProjNet` (or its DDP wrapper)
     xg = xl = None
     if phase in ('global', 'joint'): xg = torch.cat(two_views(x, aug, gen))
     if phase in ('local', 'joint'): xl = torch.cat(two_views(x, aug, gen, shared_geometry=True))
-    with autocast(device, fs):
-        zg, zl = net(None if xg is None else to_input(xg, device, fs), None if xl is None else to_input(xl, device, fs))
+    with autocast(device, fast_cfg):
+        zg, zl = net(None if xg is None else to_input(xg, device, fast_cfg), None if xl is None else to_input(xl, device, fast_cfg))
     meta = torch.stack([b['pos'], b['part'].double(), b['vol'].double()], 1).to(device)  # float64: |dp| exact at the threshold
     meta = gdist.gather_nograd(meta)
     anchors = gdist.global_anchors(info, n, device) if meta.shape[0] != n else None
@@ -644,7 +644,7 @@ def fit(stage:Stage, # the stage to train, set up
     if main:
         out.mkdir(parents=True, exist_ok=True)
         clean_stale_temporaries(out)
-        write_json(run_record(cfg, stage.kind, stage.manifest, info, stage.device, stage.fs) | dict(resumed_at=start if ck else None) | stage.record(),
+        write_json(run_record(cfg, stage.kind, stage.manifest, info, stage.device, stage.fast_cfg) | dict(resumed_at=start if ck else None) | stage.record(),
                    out/'run.json')
     ran = 0
     for epoch in range(start, stage.epochs):
@@ -689,7 +689,7 @@ class Pretraining(Stage):
     kind, views = 'pretrain', 2
     def __init__(self, cfg:PretrainConfig, info:gdist.DistInfo):
         self.cfg, self.info, self.device = cfg, info, info.device
-        self.fs = fast_settings(self.device, cfg.fast, cfg.precision)
+        self.fast_cfg = fast_settings(self.device, cfg.fast, cfg.precision)
         self.manifest = read_manifest(cfg.manifest)
         cache = cfg.cache or Path(cfg.manifest).parent/'cache'
         self.ds = load_slices(self.manifest, cfg.fold, 'pool', cfg.prep(), cache, cfg.data, cfg.workers, labels=False, rule=cfg.positions,
@@ -699,7 +699,7 @@ class Pretraining(Stage):
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.model_args = _model_args(cfg)
         self.model = UNet(heads=True, **self.model_args).to(self.device)
-        if self.fs['channels_last']: self.model = self.model.to(memory_format=torch.channels_last)
+        if self.fast_cfg['channels_last']: self.model = self.model.to(memory_format=torch.channels_last)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1009 + info.rank)
         self.aug = AugParams.contrastive(**cfg.aug)
         self.phases = pretrain_phases(cfg)
@@ -724,7 +724,7 @@ class Pretraining(Stage):
             self.net = _wrap(ProjNet(self.model), self.info, self.device)
             self.phase = phase
         set_train_mode(self.model, phase)
-    def loss(self, idx): return pretrain_loss(self.net, self.ds.batch(idx), self.phase, self.cfg, self.aug, self.gen, self.device, self.fs, self.info)
+    def loss(self, idx): return pretrain_loss(self.net, self.ds.batch(idx), self.phase, self.cfg, self.aug, self.gen, self.device, self.fast_cfg, self.info)
     def state(self): return dict(phase=self.phase)
     def record(self): return dict(pool_slices=len(self.ds))
 
@@ -742,7 +742,7 @@ def pretrain(cfg:PretrainConfig, # the run's configuration
 @torch.no_grad()
 def predict_probs(model:nn.Module, # a segmentation UNet
                   ds:SliceDataset, # the volumes to predict
-                  device, fs:dict, # device and fast settings
+                  device, fast_cfg:dict, # device and fast settings
                   batch:int=16, # slices per forward pass
                  ) -> list:
     "Softmax probabilities (C, Z, H, W) float32 of every volume of `ds`."
@@ -752,7 +752,7 @@ def predict_probs(model:nn.Module, # a segmentation UNet
         x = ds.images[ds.volume(k)][:, None]
         ps = []
         for i in range(0, len(x), batch):
-            with autocast(device, fs): logits = model(to_input(x[i:i + batch], device, fs))
+            with autocast(device, fast_cfg): logits = model(to_input(x[i:i + batch], device, fast_cfg))
             ps.append(logits.float().softmax(1).cpu())
         out.append(torch.cat(ps).transpose(0, 1).contiguous().numpy())
     model.train(was)
@@ -800,7 +800,7 @@ class Finetuning(Stage):
     kind = 'finetune'
     def __init__(self, cfg:FinetuneConfig, info:gdist.DistInfo):
         self.cfg, self.info, self.device = cfg, info, info.device
-        self.fs = fast_settings(self.device, cfg.fast, cfg.precision)
+        self.fast_cfg = fast_settings(self.device, cfg.fast, cfg.precision)
         self.manifest = m = read_manifest(cfg.manifest)
         cache = cfg.cache or Path(cfg.manifest).parent/'cache'
         gdist.seed_everything(cfg.seed, info.rank)
@@ -810,7 +810,7 @@ class Finetuning(Stage):
         self.val = load_slices(m, cfg.fold, 'val', cfg.prep(), cache, cfg.data, cfg.workers)
         if len(self.ds) == 0: raise DataError(cfg.manifest, f"fold {cfg.fold} has no labeled volumes")
         self.model = model.to(self.device)
-        if self.fs['channels_last']: self.model = self.model.to(memory_format=torch.channels_last)
+        if self.fast_cfg['channels_last']: self.model = self.model.to(memory_format=torch.channels_last)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1009 + info.rank)
         self.aug = AugParams.finetune(**cfg.aug)
         self.drop_last = len(self.ds) > cfg.batch
@@ -830,14 +830,14 @@ class Finetuning(Stage):
     def loss(self, idx):
         b = self.ds.batch(idx)
         x, y = augment_pair(b['image'], b['label'].long(), self.aug, self.gen)
-        with autocast(self.device, self.fs): logits = self.net(to_input(x, self.device, self.fs))
+        with autocast(self.device, self.fast_cfg): logits = self.net(to_input(x, self.device, self.fast_cfg))
         return seg_loss(logits, y.to(self.device), self.cfg.ce_weight, self.cfg.dice_weight)
     def end_epoch(self, epoch, row):
         "Validate (every `val_every` epochs and after the last); a better pooled Dice is saved as best.pt."
         cfg, val = self.cfg, self.val
         row['val_dice'] = None
         if not len(val) or ((epoch + 1) % self.val_every and epoch + 1 != self.epochs): return
-        probs = predict_probs(self.model, val, self.device, self.fs, cfg.batch)
+        probs = predict_probs(self.model, val, self.device, self.fast_cfg, cfg.batch)
         row['val_dice'], per = pooled_dice([p.argmax(0) for p in probs], [val.labels[val.volume(k)].numpy() for k in range(len(probs))])
         row.update({f'val_{c}': d for c, d in zip(('RV', 'MYO', 'LV'), per)})
         if row['val_dice'] > self.best['dice'] and gdist.is_main(self.info):
