@@ -279,6 +279,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'glrp.reproduce.canonical_json': ('reproduce.html#canonical_json', 'glrp/reproduce.py'),
                                 'glrp.reproduce.check_parameters_cell': ('reproduce.html#check_parameters_cell', 'glrp/reproduce.py'),
                                 'glrp.reproduce.check_repro_installed': ('reproduce.html#check_repro_installed', 'glrp/reproduce.py'),
+                                'glrp.reproduce.curve_rows': ('reproduce.html#curve_rows', 'glrp/reproduce.py'),
+                                'glrp.reproduce.curves_markdown': ('reproduce.html#curves_markdown', 'glrp/reproduce.py'),
                                 'glrp.reproduce.descendants': ('reproduce.html#descendants', 'glrp/reproduce.py'),
                                 'glrp.reproduce.evaluation': ('reproduce.html#evaluation', 'glrp/reproduce.py'),
                                 'glrp.reproduce.experiment_data': ('reproduce.html#experiment_data', 'glrp/reproduce.py'),

@@ -25,15 +25,15 @@ from .stats import volume_records, summary_table, stats_markdown
 # %% auto #0
 __all__ = ['PCL_CODE', 'METHOD_PLANS', 'PATH_PARAMS', 'RECORD_PATHS', 'NOT_PARAMETERS', 'PAPER', 'ABLATION_DEFAULT',
            'PROFILE_DEFAULTS', 'PROFILES', 'RUN_FIELDS', 'METHOD_FIELDS', 'NET_FIELDS', 'SECTIONS', 'SETTINGS',
-           'CSV_FIELDS', 'REPRO_MODULES', 'canonical_json', 'short_hash', 'file_lock', 'experiment_data',
-           'split_folders', 'experiment_manifest', 'testing_manifest', 'method_plan', 'pretraining_protocol',
-           'pretraining_folder', 'pretrained_encoder', 'finetuned_model', 'validation_crf', 'evaluation',
-           'markdown_rows', 'read_log', 'relative_path', 'resolve_path', 'notebook_parameters', 'result_record',
-           'write_result', 'Experiment', 'section_settings', 'load_profile', 'experiment_settings', 'experiments',
-           'NotebookError', 'Interrupted', 'check_parameters_cell', 'notebooks_folder', 'result_path', 'is_done',
-           'papermill_json', 'run_notebook', 'descendants', 'stop_tree', 'result_rows', 'results_csv',
+           'CSV_FIELDS', 'CURVE_FIELDS', 'REPRO_MODULES', 'canonical_json', 'short_hash', 'file_lock',
+           'experiment_data', 'split_folders', 'experiment_manifest', 'testing_manifest', 'method_plan',
+           'pretraining_protocol', 'pretraining_folder', 'pretrained_encoder', 'finetuned_model', 'validation_crf',
+           'evaluation', 'markdown_rows', 'read_log', 'relative_path', 'resolve_path', 'notebook_parameters',
+           'result_record', 'write_result', 'Experiment', 'section_settings', 'load_profile', 'experiment_settings',
+           'experiments', 'NotebookError', 'Interrupted', 'check_parameters_cell', 'notebooks_folder', 'result_path',
+           'is_done', 'papermill_json', 'run_notebook', 'descendants', 'stop_tree', 'result_rows', 'results_csv',
            'main_table_markdown', 'ablation_markdown', 'paired_records', 'paired_markdown', 'results_markdown',
-           'check_repro_installed', 'stop_children_on_signal', 'reproduce']
+           'curve_rows', 'curves_markdown', 'check_repro_installed', 'stop_children_on_signal', 'reproduce']
 
 # %% ../nbs/09_reproduce.ipynb #e8697256
 def canonical_json(obj) -> str:
@@ -574,10 +574,10 @@ def result_rows(out, # the reproduction's output folder
             rows.append(row)
     return rows
 
-def results_csv(rows:list) -> str:
+def results_csv(rows:list, fields:list=CSV_FIELDS) -> str:
     "The rows as CSV text (floats to 4 decimals)."
     buf = io.StringIO()
-    w = csv.DictWriter(buf, CSV_FIELDS, lineterminator='\n')
+    w = csv.DictWriter(buf, fields, lineterminator='\n')
     w.writeheader()
     for r in rows: w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else ('' if v is None else v)) for k, v in r.items()})
     return buf.getvalue()
@@ -677,6 +677,34 @@ def results_markdown(rows:list, # from `result_rows`
     for p, (sec, dev, commit) in sorted(meta.get('experiments', {}).items()): out.append(f"| {p} | {sec} | {dev} | `{commit[:7]}{'+dirty' if commit.endswith('+dirty') else ''}` |")
     return '\n'.join(out) + '\n'
 
+# %% ../nbs/09_reproduce.ipynb #89af6bd9
+CURVE_FIELDS = ['experiment', 'method', 'M', 'fold', 'seed', 'epoch', 'step', 'train_loss', 'val_dice']
+
+def curve_rows(out, # the reproduction's output folder
+              ) -> list:
+    "One row per validation pass of every finished main-table fine-tuning under `out` (its result.json and finetune/log.json)."
+    rows = []
+    for res in sorted(Path(out).glob('main_table/*/result.json')):
+        log = res.parent/'finetune'/'log.json'
+        if not log.is_file(): continue
+        r, epochs = json.loads(res.read_text()), json.loads(log.read_text())
+        steps = r.get('parameters', {}).get('settings', {}).get('finetune', {}).get('steps')
+        rows += [dict(experiment=res.parent.name, method=r.get('method'), M=r.get('M'), fold=r.get('fold'), seed=r.get('parameters', {}).get('seed', 0),
+                      epoch=e['epoch'], step=round(e['epoch'] * steps / len(epochs)) if steps else None,
+                      train_loss=round(e['loss'], 4), val_dice=round(e['val_dice'], 4))
+                 for e in epochs if e.get('val_dice') is not None]
+    return rows
+
+def curves_markdown(rows:list, # from `curve_rows` (or read back from curves.csv)
+                   ) -> str:
+    "One line per fold, M and method: the validation Dice at each step, mean over the seeds that have it."
+    g = {}
+    for r in rows: g.setdefault((int(r['fold']), int(r['M']), r['method']), {}).setdefault(int(r['step'] or r['epoch']), []).append(float(r['val_dice']))
+    cols = sorted({s for c in g.values() for s in c})
+    lines = [dict(fold=f, M=M, method=m, seeds=min(map(len, c.values())), **{f'step {s}': (sum(c[s]) / len(c[s]) if s in c else None) for s in cols})
+             for (f, M, m), c in sorted(g.items(), key=lambda kv: (kv[0][0], kv[0][1], list(METHOD_PLANS).index(kv[0][2]) if kv[0][2] in METHOD_PLANS else 99))]
+    return markdown_rows(lines)
+
 # %% ../nbs/09_reproduce.ipynb #70301e93
 def _gpus() -> int:
     try:
@@ -768,6 +796,8 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
                 experiments={k: (r.get('seconds'), r.get('device'), r.get('software', {}).get('git_commit', '?')) for k, r in recs.items()},
                 figures=[str((e.folder(out)/f).relative_to(out)) for e in exps if e.label in recs for f in recs[e.label].get('figures', [])])
     with atomic_path(out/'results.csv') as t_: Path(t_).write_text(results_csv(rows))
+    if curves := curve_rows(out):  # the experiment folders are here: their validation curves
+        with atomic_path(out/'curves.csv') as t_: Path(t_).write_text(results_csv(curves, CURVE_FIELDS))
     with atomic_path(out/'RESULTS.md') as t_: Path(t_).write_text(results_markdown(rows, meta, paired_markdown(out)))
     write_json(dict(meta, profile_settings=prof, failed=failed, ran=ran), out/'reproduce.json')
     return dict(failed=failed, ran=ran, skipped=[e.label for e in exps if e not in todo], results=out/'results.csv', report=out/'RESULTS.md')
