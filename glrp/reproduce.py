@@ -697,12 +697,18 @@ def curve_rows(out, # the reproduction's output folder
 
 def curves_markdown(rows:list, # from `curve_rows` (or read back from curves.csv)
                    ) -> str:
-    "One line per fold, M and method: the validation Dice at each step, mean over the seeds that have it."
+    "One line per fold, M and method: the validation Dice by each tenth of the run's steps (its last pass up to there), mean over the seeds."
+    runs = {}
+    for r in rows: runs.setdefault(r['experiment'], []).append(r)
     g = {}
-    for r in rows: g.setdefault((int(r['fold']), int(r['M']), r['method']), {}).setdefault(int(r['step'] or r['epoch']), []).append(float(r['val_dice']))
-    cols = sorted({s for c in g.values() for s in c})
-    lines = [dict(fold=f, M=M, method=m, seeds=min(map(len, c.values())), **{f'step {s}': (sum(c[s]) / len(c[s]) if s in c else None) for s in cols})
-             for (f, M, m), c in sorted(g.items(), key=lambda kv: (kv[0][0], kv[0][1], list(METHOD_PLANS).index(kv[0][2]) if kv[0][2] in METHOD_PLANS else 99))]
+    for e, rs in runs.items():
+        total, last = max(int(r['step'] or r['epoch']) for r in rs), {}
+        for r in sorted(rs, key=lambda r: int(r['step'] or r['epoch'])): last[math.ceil(10 * int(r['step'] or r['epoch']) / total)] = float(r['val_dice'])
+        r0 = rs[0]
+        for b, d in last.items(): g.setdefault((int(r0['fold']), int(r0['M']), r0['method']), {}).setdefault(b, []).append(d)
+    order = lambda m: list(METHOD_PLANS).index(m) if m in METHOD_PLANS else 99
+    lines = [dict(fold=f, M=M, method=m, seeds=max(map(len, c.values())), **{f'{10 * b}%': (sum(c[b]) / len(c[b]) if b in c else None) for b in range(1, 11)})
+             for (f, M, m), c in sorted(g.items(), key=lambda kv: (kv[0][0], kv[0][1], order(kv[0][2])))]
     return markdown_rows(lines)
 
 # %% ../nbs/09_reproduce.ipynb #70301e93
