@@ -685,9 +685,8 @@ def curve_rows(out, # the reproduction's output folder
     "One row per validation pass of every finished main-table fine-tuning under `out` (its result.json and finetune/log.json)."
     rows = []
     for res in sorted(Path(out).glob('main_table/*/result.json')):
-        log = res.parent/'finetune'/'log.json'
-        if not log.is_file(): continue
-        r, epochs = json.loads(res.read_text()), json.loads(log.read_text())
+        if not (res.parent/'finetune'/'log.json').is_file(): continue
+        r, epochs = json.loads(res.read_text()), read_log(res.parent/'finetune')
         steps = r.get('parameters', {}).get('settings', {}).get('finetune', {}).get('steps')
         rows += [dict(experiment=res.parent.name, method=r.get('method'), M=r.get('M'), fold=r.get('fold'), seed=r.get('parameters', {}).get('seed', 0),
                       epoch=e['epoch'], step=round(e['epoch'] * steps / len(epochs)) if steps else None,
@@ -698,12 +697,13 @@ def curve_rows(out, # the reproduction's output folder
 def curves_markdown(rows:list, # from `curve_rows` (or read back from curves.csv)
                    ) -> str:
     "One line per fold, M and method: the validation Dice by each tenth of the run's steps (its last pass up to there), mean over the seeds."
+    at = lambda r: int(r['step'] or r['epoch'])  # where a pass was: its step (runs measured in steps) or epoch
     runs = {}
     for r in rows: runs.setdefault(r['experiment'], []).append(r)
     g = {}
     for e, rs in runs.items():
-        total, last = max(int(r['step'] or r['epoch']) for r in rs), {}
-        for r in sorted(rs, key=lambda r: int(r['step'] or r['epoch'])): last[math.ceil(10 * int(r['step'] or r['epoch']) / total)] = float(r['val_dice'])
+        total, last = max(map(at, rs)), {}
+        for r in sorted(rs, key=at): last[math.ceil(10 * at(r) / total)] = float(r['val_dice'])  # the last pass in each tenth
         r0 = rs[0]
         for b, d in last.items(): g.setdefault((int(r0['fold']), int(r0['M']), r0['method']), {}).setdefault(b, []).append(d)
     order = lambda m: list(METHOD_PLANS).index(m) if m in METHOD_PLANS else 99
