@@ -20,7 +20,7 @@ from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, run_inputs, pre
 from .inference import predict
 from .crf import CRFParams, tune_crf
 from .metrics import evaluate_folder
-from .stats import volume_records, summary_table, stats_markdown
+from .stats import METHOD_ORDER, method_key, volume_records, summary_table, stats_markdown
 
 # %% auto #0
 __all__ = ['PCL_CODE', 'METHOD_PLANS', 'PATH_PARAMS', 'RECORD_PATHS', 'NOT_PARAMETERS', 'PAPER', 'ABLATION_DEFAULT',
@@ -599,10 +599,9 @@ def main_table_markdown(rows:list, # from `result_rows`
     "Per method and M, without and with CRF: pooled Dice per class and mean (mean ± std over runs: folds x seeds), ACDC-style Dice and HD95, paper."
     rows = [r for r in rows if r['notebook'] == 'main_table' and r['split'] == split and r['crf'] in ('none', 'crf')]
     if not rows: return ''
-    order = {m: i for i, m in enumerate(METHOD_PLANS)}
     lines = ["| method | M | CRF | runs | Dice RV | Dice MYO | Dice LV | **Dice mean** | ACDC Dice | ACDC HD95 (mm) | paper | ours − paper |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (method, M, crf), rs in sorted(_groups(rows, ('method', 'M', 'crf')).items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99), kv[0][2] != 'none')):
+    for (method, M, crf), rs in sorted(_groups(rows, ('method', 'M', 'crf')).items(), key=lambda kv: (kv[0][1], method_key(kv[0][0]), kv[0][2] != 'none')):
         paper = PAPER.get((method, M))
         mean = np.mean([r['dice_mean'] for r in rs])
         lines.append(f"| {method} | {M} | {'yes' if crf == 'crf' else 'no'} | {len(rs)} | {_ms([r['dice_RV'] for r in rs])} | "
@@ -706,9 +705,8 @@ def curves_markdown(rows:list, # from `curve_rows` (or read back from curves.csv
         for r in sorted(rs, key=at): last[math.ceil(10 * at(r) / total)] = float(r['val_dice'])  # the last pass in each tenth
         r0 = rs[0]
         for b, d in last.items(): g.setdefault((int(r0['fold']), int(r0['M']), r0['method']), {}).setdefault(b, []).append(d)
-    order = lambda m: list(METHOD_PLANS).index(m) if m in METHOD_PLANS else 99
     lines = [dict(fold=f, M=M, method=m, seeds=max(map(len, c.values())), **{f'{10 * b}%': (sum(c[b]) / len(c[b]) if b in c else None) for b in range(1, 11)})
-             for (f, M, m), c in sorted(g.items(), key=lambda kv: (kv[0][0], kv[0][1], order(kv[0][2])))]
+             for (f, M, m), c in sorted(g.items(), key=lambda kv: (kv[0][0], kv[0][1], method_key(kv[0][2])))]
     return markdown_rows(lines)
 
 # %% ../nbs/09_reproduce.ipynb #70301e93

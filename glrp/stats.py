@@ -14,8 +14,8 @@ from .metrics import pooled_dice_from_counts
 # %% auto #0
 __all__ = ['PAIRS', 'UNIFORM_KEYS', 'REQUIRED', 'METHOD_ORDER', 'volume_records', 'synthetic_records', 'check_uniform',
            'patient_dice', 'paired_differences', 'stratified_indices', 'bootstrap_means', 'bootstrap_ci', 'wilcoxon_p',
-           'holm', 'compare', 'fold_pooled_dice', 'method_rows', 'summary_table', 'stats_markdown', 'plot_dice_vs_M',
-           'plot_paired']
+           'holm', 'compare', 'fold_pooled_dice', 'method_key', 'method_rows', 'summary_table', 'stats_markdown',
+           'plot_dice_vs_M', 'plot_paired']
 
 # %% ../nbs/12_stats.ipynb #599c0139
 PAIRS = (('glrp', 'pcl'), ('glrp', 'random'), ('pcl', 'random'), ('glrp', 'glrp-global'))  # (a, b): differences a − b
@@ -239,7 +239,10 @@ def fold_pooled_dice(records:list, # per-volume records with tp_<c>, n_pred_<c>,
     return {k: _mean(v) for k, v in per.items()}
 
 # %% ../nbs/12_stats.ipynb #edc2a9d2
-def _method_key(m): return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), str(m))
+def method_key(m:str, # a method name
+              ) -> tuple:
+    "Sort key of tables and figures: the methods of `METHOD_ORDER` in its order, any other after them by name."
+    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), str(m))
 
 def method_rows(records:list, # per-volume records
                 level:float=0.95, # level of the t interval over folds
@@ -248,7 +251,7 @@ def method_rows(records:list, # per-volume records
     "Per M and method: pooled Dice mean, sd (ddof=1) and t interval [lo, hi] over folds, n_folds, the fold values, n test patients."
     pooled, pats, rows = fold_pooled_dice(records, classes), {}, []
     for r in records: pats.setdefault((r['method'], r['M']), set()).add((r['fold'], r['patient']))
-    for M, m in sorted({k[:2][::-1] for k in pooled}, key=lambda k: (_nat(k[0]), _method_key(k[1]))):
+    for M, m in sorted({k[:2][::-1] for k in pooled}, key=lambda k: (_nat(k[0]), method_key(k[1]))):
         fold_ids = sorted((f for (mm, MM, f) in pooled if (mm, MM) == (m, M)), key=_nat)
         x = np.array([pooled[(m, M, f)] for f in fold_ids]); x = x[np.isfinite(x)]; n = len(x)
         mean = float(x.mean()) if n else math.nan
@@ -319,7 +322,7 @@ def plot_dice_vs_M(rows:list, # `summary_table(...)['methods']`
     "Pooled Dice against M per method, with the interval over folds (lo, hi) as a band; the Axes."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(5, 3.5))
-    for m in sorted({r['method'] for r in rows}, key=_method_key):
+    for m in sorted({r['method'] for r in rows}, key=method_key):
         rs = sorted((r for r in rows if r['method'] == m), key=lambda r: r['M'])
         x = [r['M'] for r in rs]
         line, = ax.plot(x, [r['mean'] for r in rs], 'o-', label=m)
