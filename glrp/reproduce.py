@@ -352,7 +352,6 @@ PROFILES = {name: PROFILE_DEFAULTS | p for name, p in dict(
                crf_grid=None, crf_iterations=[0, 1, 2, 5, 10], ablation=ABLATION_DEFAULT, figures=True),  # the configs' defaults: PCL's protocol
 ).items()}
 
-
 # %% ../nbs/09_reproduce.ipynb #b251b603
 @dataclass
 class Experiment:
@@ -582,6 +581,7 @@ def results_csv(rows:list, fields:list=CSV_FIELDS) -> str:
     for r in rows: w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else ('' if v is None else v)) for k, v in r.items()})
     return buf.getvalue()
 
+# %% ../nbs/09_reproduce.ipynb #69d0c021
 def _ms(xs:list, d:int=3) -> str:
     "mean ± std (ddof=0) of the finite values, or the value alone when there is one."
     xs = [x for x in xs if x is not None and math.isfinite(x)]
@@ -621,6 +621,7 @@ def ablation_markdown(rows:list) -> str:
         lines.append(f"| {v[0]} | " + ' | '.join(f"{by[c]:.3f}" if by.get(c) is not None else '–' for c in crfs) + " |")
     return '\n'.join(lines) + '\n'
 
+# %% ../nbs/09_reproduce.ipynb #b33272a2
 def paired_records(out, # the reproduction's output folder
                    crf:str='none', # which evaluation: 'none' (the network) or 'crf'
                   ) -> list:
@@ -644,6 +645,7 @@ def paired_markdown(out, # the reproduction's output folder
     if len({r['method'] for r in recs}) < 2: return ''
     return stats_markdown(summary_table(recs, n_boot=n_boot))  # refuses records of mixed precision or CPU capability
 
+# %% ../nbs/09_reproduce.ipynb #7deaf5c9
 def results_markdown(rows:list, # from `result_rows`
                      meta:dict, # profile name, data, device, wall times, provenance (from the runner)
                      paired:str='', # the paired-difference tables (`paired_markdown`)
