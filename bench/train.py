@@ -1,6 +1,6 @@
 """Training throughput of the plain fp32 path and the fast path (channels_last + bf16 autocast), and their accuracy.
 
-Usage: .venv/bin/python bench/train.py [--device cpu|cuda] [--compile] [--f 16] [--size 128] [--batch 16] [--steps 6] [--rounds 3]
+Usage: .venv/bin/python bench/train.py [--device cpu|cuda] [--compile] [--precision auto|bf16|fp32] [--f 16] [--size 128] [--batch 16] [--steps 6] [--rounds 3]
                                        [--warmup 3] [--finetune auto|engine|loop|none] [--ft-epochs 20] [--ft-seeds 2]
 
 Speed: images per second of one pretraining step (two augmented views of each slice -> UNet encoder + global head
@@ -53,9 +53,9 @@ def load_avg() -> str: return ', '.join(f'{x:.2f}' for x in os.getloadavg())
 
 class Path_:
     "One training path: its model, optimiser, memory format, autocast and (compile) its forward functions compiled by inductor."
-    def __init__(self, name, model, opt, device, fast, compile=False):
+    def __init__(self, name, model, opt, device, fast, compile=False, precision='auto'):
         self.name, self.model, self.opt, self.device, self.fast = name, model, opt, device, fast
-        self.amp = fast and bf16_ok(device)
+        self.amp = fast and (precision == 'bf16' or (precision == 'auto' and bf16_ok(device)))
         self.fmt = torch.channels_last if fast else torch.contiguous_format
         self.model.to(device=device, memory_format=self.fmt)
         c = torch.compile if compile else (lambda f: f)
@@ -145,7 +145,7 @@ def finetune_engine(root:Path, work:Path, args, fast:bool, seed:int) -> tuple:
         write_manifest(make_manifest(root, folds=args.ft_folds, labeled=args.ft_labeled, val=args.ft_val), man)
     cfg = FinetuneConfig(manifest=str(man), out=str(work/f'ft_{"fast" if fast else "plain"}_{seed}'), cache=str(work/'cache'),
                          spacing=2.0, size=(args.size, args.size), f=args.f, epochs=args.ft_epochs, batch=args.batch,
-                         lr=args.ft_lr, seed=seed, device=str(args.device), fast=fast, workers=1, progress=False)
+                         lr=args.ft_lr, seed=seed, device=str(args.device), fast=fast, precision=args.precision, workers=1, progress=False)
     r = finetune(cfg)
     curve = [row['val_dice'] for row in r['log'] if row['val_dice'] is not None]
     return curve, sum(row['seconds'] for row in r['log'])
@@ -160,7 +160,7 @@ def finetune_loop(root:Path, work:Path, args, fast:bool, seed:int) -> tuple:
         return torch.from_numpy(np.concatenate([c.image for c in cs]))[:, None], torch.from_numpy(np.concatenate([c.label for c in cs])).long()
     xtr, ytr = slices(pats[:args.ft_labeled]); xva, yva = slices(pats[-args.ft_val:])
     torch.manual_seed(seed)
-    P = Path_('fast' if fast else 'plain', UNet(f=args.f), None, device, fast)
+    P = Path_('fast' if fast else 'plain', UNet(f=args.f), None, device, fast, precision=args.precision)
     P.opt = torch.optim.Adam(P.model.parameters(), lr=args.ft_lr)
     gen, aug = torch.Generator().manual_seed(seed), AugParams.finetune()
     steps = args.ft_epochs * (len(xtr) // args.batch)
@@ -190,6 +190,8 @@ def main():
     ap.add_argument('--steps', type=int, default=6, help='steps per timed round')
     ap.add_argument('--rounds', type=int, default=3, help='timed rounds per path (alternating)')
     ap.add_argument('--compile', action='store_true', help="add the path 'new': the fast path with torch.compile'd forward functions")
+    ap.add_argument('--precision', choices=('auto', 'bf16', 'fp32'), default='auto',
+                    help="the fast path's autocast, as the configs' `precision`: auto = bf16 where the CPU runs it natively; bf16 = always (what the study profile pins: emulated, and slow, without AVX512-BF16)")
     ap.add_argument('--threads', type=int, default=None, help='torch threads (default: os.cpu_count())')
     ap.add_argument('--finetune', choices=('auto', 'engine', 'loop', 'none'), default='auto',
                     help='accuracy check: glrp.train.finetune (engine), a minimal loop, or none; auto: engine when importable')
@@ -210,7 +212,8 @@ def main():
           + f', {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 native: {bf16_ok(device)}')
     print(f'load average (1, 5, 15 min) at start: {load_avg()}  (the machine may be shared: other jobs slow both paths)')
     print(f'config: UNet f={args.f}, {args.size}x{args.size}, batch {args.batch} slices; fast = channels_last'
-          + (' + bf16 autocast' if bf16_ok(device) else ' only (no native bf16 here)'))
+          + (' + bf16 autocast' + ('' if bf16_ok(device) else ' (emulated: no native bf16 here)') if args.precision == 'bf16' or (args.precision == 'auto' and bf16_ok(device))
+             else ' only' + (' (--precision fp32)' if args.precision == 'fp32' else ' (no native bf16 here)')))
     tmp = Path(tempfile.mkdtemp(prefix='glrp_bench_train_'))
     img, lab, pos = phantom_slices(tmp/'speed', 4, args.size)
     g = torch.Generator().manual_seed(0)
@@ -226,7 +229,7 @@ def main():
         out = []
         for name, fast, comp in paths:
             m = deepcopy(pre0)
-            out.append(Path_(name, m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5), device, fast, comp))
+            out.append(Path_(name, m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5), device, fast, comp, args.precision))
         return out
     gens = {}
     def pstep(P): return pretrain_step(P, x, p, AugParams.contrastive(), gens.setdefault(('pre', P.name), torch.Generator(device).manual_seed(1)))
@@ -241,7 +244,7 @@ def main():
             m = deepcopy(pre0)
             for q in m.encoder.parameters(): q.requires_grad_(False)
             m.train(); m.encoder.eval()
-            out.append(Path_(name, m, torch.optim.SGD([q for q in m.parameters() if q.requires_grad], lr=0.1, momentum=0.9), device, True))
+            out.append(Path_(name, m, torch.optim.SGD([q for q in m.parameters() if q.requires_grad], lr=0.1, momentum=0.9), device, True, precision=args.precision))
         return out
     def lstep(P): return local_step(P, x, AugParams.contrastive(), gens.setdefault(('loc', P.name), torch.Generator(device).manual_seed(3)))
     print('local pretraining step (shared-geometry views -> frozen encoder, decoder + local head -> 3 x 3 region means -> local loss -> backward -> SGD);'
@@ -255,7 +258,7 @@ def main():
         out = []
         for name, fast, comp in paths:
             m = deepcopy(seg0)
-            out.append(Path_(name, m, torch.optim.Adam(m.parameters(), lr=1e-3), device, fast, comp))
+            out.append(Path_(name, m, torch.optim.Adam(m.parameters(), lr=1e-3), device, fast, comp, args.precision))
         return out
     def fstep(P): return finetune_step(P, x, y, AugParams.finetune(), gens.setdefault(('ft', P.name), torch.Generator(device).manual_seed(2)))
     print('fine-tuning step (image + labels -> UNet -> CE + Dice -> backward -> Adam):', flush=True)

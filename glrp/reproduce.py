@@ -5,6 +5,7 @@
 # %% ../nbs/09_reproduce.ipynb #5283a70c
 from __future__ import annotations
 import csv, fcntl, hashlib, importlib.resources, importlib.util, io, json, math, os, shutil, signal, subprocess, sys, threading, time, warnings
+from collections import Counter
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace, fields, MISSING
@@ -16,11 +17,11 @@ from .data import InputError, DataError, index_acdc, data_hash, provenance, atom
 from .synthetic import write_phantom
 from .partition import make_manifest, write_manifest, read_manifest, manifest_root, portable_root, resolve_root, FORMAT_VERSION
 from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, run_inputs, pretrain, pretrain_phases, finetune,
-                        load_checkpoint, load_slices)
+                        load_checkpoint, load_slices, pick_device, fast_settings, numerics, bf16_supported)
 from .inference import predict
 from .crf import CRFParams, tune_crf
 from .metrics import evaluate_folder
-from .stats import METHOD_ORDER, method_key, volume_records, summary_table, stats_markdown
+from .stats import METHOD_ORDER, UNIFORM_KEYS, method_key, volume_records, summary_table, stats_markdown
 
 # %% auto #0
 __all__ = ['PCL_CODE', 'METHOD_PLANS', 'PATH_PARAMS', 'RECORD_PATHS', 'NOT_PARAMETERS', 'PAPER', 'ABLATION_DEFAULT',
@@ -33,7 +34,8 @@ __all__ = ['PCL_CODE', 'METHOD_PLANS', 'PATH_PARAMS', 'RECORD_PATHS', 'NOT_PARAM
            'experiments', 'NotebookError', 'Interrupted', 'check_parameters_cell', 'notebooks_folder', 'result_path',
            'is_done', 'papermill_json', 'run_notebook', 'descendants', 'stop_tree', 'result_rows', 'results_csv',
            'main_table_markdown', 'ablation_markdown', 'paired_records', 'paired_markdown', 'results_markdown',
-           'curve_rows', 'curves_markdown', 'check_repro_installed', 'stop_children_on_signal', 'reproduce']
+           'curve_rows', 'curves_markdown', 'planned_numerics', 'check_numerics', 'emulated_bf16',
+           'check_repro_installed', 'stop_children_on_signal', 'reproduce']
 
 # %% ../nbs/09_reproduce.ipynb #e8697256
 def canonical_json(obj) -> str:
@@ -711,6 +713,34 @@ def curves_markdown(rows:list, # from `curve_rows` (or read back from curves.csv
              for (f, M, m), c in sorted(g.items(), key=lambda kv: (kv[0][0], kv[0][1], method_key(kv[0][2])))]
     return markdown_rows(lines)
 
+# %% ../nbs/09_reproduce.ipynb #bef28d2c
+def planned_numerics(profile:dict, # from `load_profile`
+                     device:str='auto', # cpu, cuda or auto
+                    ) -> dict:
+    "What this machine will record as the profile's numerics that a table must not mix (`glrp.stats.UNIFORM_KEYS`: precision, CPU capability)."
+    dev, net = pick_device(device), section_settings('net', profile['net'])
+    return {k: v for k, v in numerics(dev, fast_settings(dev, net['fast'], net['precision'])).items() if k in UNIFORM_KEYS}
+
+def check_numerics(out, # the reproduction's output folder
+                   planned:dict, # from `planned_numerics`
+                  ):
+    "An `InputError` when finished main-table results in `out` recorded other numerics than `planned`: new results could not be pooled with them."
+    other = Counter()
+    for p in sorted(Path(out).glob('main_table/*/result.json')):
+        num = json.loads(p.read_text()).get('numerics') or {}
+        seen = {k: num[k] for k in planned if k in num}
+        if seen and seen != {k: planned[k] for k in seen}: other[', '.join(f"{k} {v}" for k, v in sorted(seen.items()))] += 1
+    if other:
+        raise InputError(f"{out} holds results trained with other numerics ({'; '.join(f'{n} with {k}' for k, n in sorted(other.items()))}) than this machine "
+                         f"gives ({', '.join(f'{k} {v}' for k, v in sorted(planned.items()))}): the tables could not pool them. "
+                         "Continue on a machine like the one that ran them, or write to another output folder.")
+
+def emulated_bf16(planned:dict, # from `planned_numerics`
+                  device:str='auto', # cpu, cuda or auto
+                 ) -> bool:
+    "True when the profile trains in bf16 on a device without native bf16 (a CPU without AVX512-BF16 or AMX): correct, but an order of magnitude slower."
+    return planned.get('precision') == 'bf16' and not bf16_supported(pick_device(device))
+
 # %% ../nbs/09_reproduce.ipynb #70301e93
 def _gpus() -> int:
     try:
@@ -759,7 +789,7 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
     t_start = time.time()
     check_repro_installed()
     prof = load_profile(profile)
-    out = Path(out).absolute(); out.mkdir(parents=True, exist_ok=True)
+    out_arg, out = out, Path(out).absolute(); out.mkdir(parents=True, exist_ok=True)
     nbdir = Path(notebooks) if notebooks is not None else notebooks_folder()
     exps = experiments(prof, data, out/'work', device, out=out)
     if only: exps = [e for e in exps if e.notebook in only]
@@ -767,6 +797,12 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
     todo = [] if report_only else [e for e in exps if force or e.notebook == 'figures' or not is_done(e, out)]  # figures: redrawn from the current results
     for e in exps:
         if e not in todo and not report_only: _say(f"skip   {e.label} (result.json with the same parameters exists)")
+    if todo and any(e.notebook == 'main_table' for e in todo):
+        planned = planned_numerics(prof, device)
+        if not force: check_numerics(out_arg, planned)
+        if emulated_bf16(planned, device):
+            _say(f"warning: the profile trains in bf16 and this CPU ({planned['cpu_capability']}) has no native bf16: oneDNN emulates it, about 10x slower "
+                 "than fp32 here; the profile's stated time assumes a CPU with AVX512-BF16 (a profile with net precision 'fp32' runs at full speed, as a separate table)")
     failed, ran, times = [], [], {}
     gpus = _gpus() if device != 'cpu' else 0
     slots = Queue()

@@ -209,6 +209,20 @@ def test_paired_table_refuses_mixed_precision(tiny, tmp_path):
     with pytest.raises(ValueError, match='precision'): paired_markdown(out, n_boot=200)
 
 
+def test_run_refuses_a_folder_of_other_numerics(tiny, tmp_path):
+    "A reproduction into a folder whose results were trained with other numerics stops before anything runs (exit 2, naming them)."
+    src, out = tiny[0]/'out', tmp_path/'out'
+    label = 'main_table/random-M2-fold0'
+    (out/label).mkdir(parents=True)
+    r = json.loads((src/label/'result.json').read_text()); r['numerics']['precision'] = 'bf16' if r['numerics']['precision'] == 'fp32' else 'fp32'
+    (out/label/'result.json').write_text(json.dumps(r))
+    (tmp_path/'tiny.json').write_text(json.dumps(TINY))
+    p = glrp_cli('reproduce', '--profile', 'tiny.json', '--data', tiny[0]/'data', '--out', 'out', '--device', 'cpu', cwd=tmp_path)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert f"precision {r['numerics']['precision']}) than this machine" in p.stderr, p.stderr
+    assert sorted(x.name for x in out.iterdir()) == ['main_table'] and not list(out.glob('main_table/*/*.ipynb'))  # nothing ran, nothing written
+
+
 def test_notebook_without_parameters_cell(tmp_path):
     "A notebook whose parameters tag was stripped is refused before anything runs."
     nbs = tmp_path/'nbs'; shutil.copytree(notebooks_folder(), nbs)
