@@ -348,6 +348,9 @@ def fast_settings(device:torch.device, # the training device
                  ) -> dict:
     "{'channels_last': bool, 'amp': torch dtype or None} for `device`."
     on = fast and (precision == 'bf16' or (precision == 'auto' and bf16_supported(device)))
+    if on and not bf16_supported(device):
+        warnings.warn(f"precision 'bf16' on a {device.type} without native bf16 (CPU capability {torch.backends.cpu.get_cpu_capability()}): "
+                      "it is emulated, correct but about 10x slower than fp32", stacklevel=2)
     return dict(channels_last=bool(fast), amp=torch.bfloat16 if on else None)
 
 def numerics(device:torch.device, fast_cfg:dict) -> dict:
