@@ -719,7 +719,10 @@ def planned_numerics(profile:dict, # from `load_profile`
                     ) -> dict:
     "What this machine will record as the profile's numerics that a table must not mix (`glrp.stats.UNIFORM_KEYS`: precision, CPU capability)."
     dev, net = pick_device(device), section_settings('net', profile['net'])
-    return {k: v for k, v in numerics(dev, fast_settings(dev, net['fast'], net['precision'])).items() if k in UNIFORM_KEYS}
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # emulated bf16: the runner says it once (`emulated_bf16`)
+        fast_cfg = fast_settings(dev, net['fast'], net['precision'])
+    return {k: v for k, v in numerics(dev, fast_cfg).items() if k in UNIFORM_KEYS}
 
 def check_numerics(out, # the reproduction's output folder
                    planned:dict, # from `planned_numerics`
@@ -801,7 +804,8 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
         planned = planned_numerics(prof, device)
         if not force: check_numerics(out_arg, planned)
         if emulated_bf16(planned, device):
-            _say(f"warning: the profile trains in bf16 and this CPU ({planned['cpu_capability']}) has no native bf16: oneDNN emulates it, about 10x slower "
+            where = f"this CPU ({planned['cpu_capability']})" if pick_device(device).type == 'cpu' else 'this GPU'
+            _say(f"warning: the profile trains in bf16 and {where} has no native bf16: it is emulated, about 10x slower "
                  "than fp32 here; the profile's stated time assumes a CPU with AVX512-BF16 (a profile with net precision 'fp32' runs at full speed, as a separate table)")
     failed, ran, times = [], [], {}
     gpus = _gpus() if device != 'cpu' else 0
