@@ -34,6 +34,7 @@ from glrp.cache import load_case
 from glrp.losses import contrastive_loss, positive_weights, seg_loss, local_loss, region_boxes, region_features
 from glrp.synthetic import write_phantom
 from glrp.unet import UNet
+from glrp.train import fast_settings
 
 def bf16_ok(device:torch.device) -> bool:
     "bf16 runs natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX (oneDNN)."
@@ -55,7 +56,7 @@ class Path_:
     "One training path: its model, optimiser, memory format, autocast and (compile) its forward functions compiled by inductor."
     def __init__(self, name, model, opt, device, fast, compile=False, precision='auto'):
         self.name, self.model, self.opt, self.device, self.fast = name, model, opt, device, fast
-        self.amp = fast and (precision == 'bf16' or (precision == 'auto' and bf16_ok(device)))
+        self.amp = fast_settings(device, fast, precision)['amp'] is not None  # the engine's own rule (and its warning where bf16 is emulated)
         self.fmt = torch.channels_last if fast else torch.contiguous_format
         self.model.to(device=device, memory_format=self.fmt)
         c = torch.compile if compile else (lambda f: f)
@@ -212,7 +213,7 @@ def main():
           + f', {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 native: {bf16_ok(device)}')
     print(f'load average (1, 5, 15 min) at start: {load_avg()}  (the machine may be shared: other jobs slow both paths)')
     print(f'config: UNet f={args.f}, {args.size}x{args.size}, batch {args.batch} slices; fast = channels_last'
-          + (' + bf16 autocast' + ('' if bf16_ok(device) else ' (emulated: no native bf16 here)') if args.precision == 'bf16' or (args.precision == 'auto' and bf16_ok(device))
+          + (' + bf16 autocast' + ('' if bf16_ok(device) else ' (emulated: no native bf16 here)') if fast_settings(device, True, args.precision)['amp']
              else ' only' + (' (--precision fp32)' if args.precision == 'fp32' else ' (no native bf16 here)')))
     tmp = Path(tempfile.mkdtemp(prefix='glrp_bench_train_'))
     img, lab, pos = phantom_slices(tmp/'speed', 4, args.size)
