@@ -13,7 +13,7 @@ from torch import nn
 import torch.multiprocessing as mp
 from .data import ShapeError, atomic_path
 from .losses import contrastive_loss, local_loss, positive_weights, pool_regions
-from .distributed import RankMismatchError, init_distributed, cleanup_distributed, is_main
+from .distributed import RankMismatchError, init_distributed, cleanup_distributed, is_main, barrier
 from .distributed import gather_batch, gather_with_grad, reduce_mean
 
 # %% auto #0
@@ -171,6 +171,8 @@ def _check_worker(rank:int, world:int, port:int, cfg:dict, out:str):
             (lg + ll).backward()
             res['full'] = {'global': lg.detach(), 'local': ll.detach(), **{k: p.grad.clone() for k, p in ref.named_parameters()}}
             with atomic_path(out) as tmp: torch.save(res, tmp)
+        del ddp  # its reducer holds the process group
+        barrier()  # both ranks tear down together (rank 1 once died of SIGABRT in gloo, leaving while rank 0 still computed)
     finally: cleanup_distributed()
 
 def check_ddp_equivalence(world:int=2, # number of gloo ranks (processes) on this CPU

@@ -737,7 +737,9 @@ def pretrain(cfg:PretrainConfig, # the run's configuration
             ) -> dict:
     "Contrastive pretraining of a UNet with heads on the fold's unlabeled pool; {'out', 'log', 'checkpoint'}."
     info = gdist.init_distributed(pick_device(cfg.device))
-    try: log = fit(Pretraining(cfg, info), cfg, info, resume, stop_after)
+    try:
+        log = fit(Pretraining(cfg, info), cfg, info, resume, stop_after)
+        gdist.barrier()  # every rank ends together: gloo aborts a rank whose peers tear down while it still talks
     finally: gdist.cleanup_distributed()
     return dict(out=Path(cfg.out), log=log, checkpoint=Path(cfg.out)/'last.pt')
 
@@ -864,5 +866,6 @@ def finetune(cfg:FinetuneConfig, # the run's configuration
     try:
         stage = Finetuning(cfg, info)
         log = fit(stage, cfg, info, resume, stop_after)
+        gdist.barrier()  # every rank ends together (see `pretrain`)
     finally: gdist.cleanup_distributed()
     return dict(out=Path(cfg.out), log=log, best_epoch=stage.best['epoch'], best_dice=stage.best['dice'])
