@@ -21,12 +21,12 @@ from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, run_inputs, pre
 from .inference import predict
 from .crf import CRFParams, tune_crf
 from .metrics import evaluate_folder
-from .stats import METHOD_ORDER, UNIFORM_KEYS, method_key, volume_records, summary_table, stats_markdown
+from .stats import METHOD_ORDER, UNIFORM_KEYS, method_key, volume_records, summary_table, stats_markdown, plot_dice_vs_M, plot_paired
 
 # %% auto #0
 __all__ = ['PCL_CODE', 'METHOD_PLANS', 'PATH_PARAMS', 'RECORD_PATHS', 'NOT_PARAMETERS', 'PAPER', 'ABLATION_DEFAULT',
            'PROFILE_DEFAULTS', 'PROFILES', 'RUN_FIELDS', 'METHOD_FIELDS', 'NET_FIELDS', 'SECTIONS', 'SETTINGS',
-           'CSV_FIELDS', 'CURVE_FIELDS', 'REPRO_MODULES', 'canonical_json', 'short_hash', 'file_lock',
+           'CSV_FIELDS', 'STATS_FIGURES', 'CURVE_FIELDS', 'REPRO_MODULES', 'canonical_json', 'short_hash', 'file_lock',
            'experiment_data', 'split_folders', 'experiment_manifest', 'testing_manifest', 'method_plan',
            'pretraining_protocol', 'pretraining_folder', 'pretrained_encoder', 'finetuned_model', 'validation_crf',
            'evaluation', 'markdown_rows', 'read_log', 'relative_path', 'resolve_path', 'notebook_parameters',
@@ -639,13 +639,26 @@ def paired_records(out, # the reproduction's output folder
             recs += [dict(v, **meta) for v in ev['summary']['volumes']]
     return recs
 
+STATS_FIGURES = ('stats_dice_vs_M.png', 'stats_paired.png')  # `plot_dice_vs_M` and `plot_paired` of the paired table, next to RESULTS.md
+
 def paired_markdown(out, # the reproduction's output folder
                     n_boot:int=10_000, # bootstrap resamples
+                    figures:bool=False, # also draw `STATS_FIGURES` into `out` and name them
+                    embed:bool=False, # show the figures in the markdown (phantom results) instead of naming the files
                    ) -> str:
     "The paired-difference tables of `glrp.stats` for the main table's methods ('' when fewer than two methods have per-volume results)."
     recs = paired_records(out)
     if len({r['method'] for r in recs}) < 2: return ''
-    return stats_markdown(summary_table(recs, n_boot=n_boot))  # refuses records of mixed precision or CPU capability
+    table = summary_table(recs, n_boot=n_boot)  # refuses records of mixed precision or CPU capability
+    md = stats_markdown(table)
+    if not figures: return md
+    import matplotlib.pyplot as plt
+    for fig, name in zip((plot_dice_vs_M(table['methods']).figure, plot_paired(table['pairs'])), STATS_FIGURES):
+        with atomic_path(Path(out)/name, suffix='.png') as tmp: fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+    if embed: return md + '\n' + ' '.join(f'![{Path(f).stem}]({f})' for f in STATS_FIGURES) + '\n'
+    return md + (f"\nFigures of these numbers, drawn next to this file by `glrp reproduce`: `{STATS_FIGURES[0]}` (pooled Dice against M per method, the t interval over folds "
+                 f"as a band) and `{STATS_FIGURES[1]}` (each test patient's difference per pair, with the mean and its CI).\n")
 
 # %% ../nbs/09_reproduce.ipynb #7deaf5c9
 def results_markdown(rows:list, # from `result_rows`
@@ -844,6 +857,6 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
     with atomic_path(out/'results.csv') as t_: Path(t_).write_text(results_csv(rows))
     if curves := curve_rows(out):  # the experiment folders are here: their validation curves
         with atomic_path(out/'curves.csv') as t_: Path(t_).write_text(results_csv(curves, CURVE_FIELDS))
-    with atomic_path(out/'RESULTS.md') as t_: Path(t_).write_text(results_markdown(rows, meta, paired_markdown(out)))
+    with atomic_path(out/'RESULTS.md') as t_: Path(t_).write_text(results_markdown(rows, meta, paired_markdown(out, figures=True, embed=not data)))
     write_json(dict(meta, profile_settings=prof, failed=failed, ran=ran), out/'reproduce.json')
     return dict(failed=failed, ran=ran, skipped=[e.label for e in exps if e not in todo], results=out/'results.csv', report=out/'RESULTS.md')

@@ -3,7 +3,7 @@ import csv, json, os, re, shutil, subprocess, sys
 from pathlib import Path
 import nbformat
 import pytest
-from glrp.reproduce import PROFILES, CSV_FIELDS, check_parameters_cell, notebooks_folder, NotebookError, experiment_settings, load_profile
+from glrp.reproduce import PROFILES, CSV_FIELDS, check_parameters_cell, notebooks_folder, NotebookError, experiment_settings, load_profile, STATS_FIGURES
 from glrp.synthetic import write_phantom
 
 pytestmark = pytest.mark.timeout(900)
@@ -110,6 +110,8 @@ def test_end_to_end(tiny):
     for f in recs['figures/figures']['figures']:
         assert (out/'figures/figures'/f).stat().st_size > 1000
         assert f"figures/figures/{f}" in md
+    for f in STATS_FIGURES:  # the paired table's figures, next to the report (named, not shown: the data came from --data)
+        assert (out/f).stat().st_size > 1000 and f"`{f}`" in md and f"]({f})" not in md
     meta = json.loads((out/'reproduce.json').read_text())
     assert meta['failed'] == [] and len(meta['ran']) == 4 and meta['data_hash'] == main['data_hash']
     # the CRF was tuned on validation only: its table has one score per grid point
