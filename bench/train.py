@@ -34,13 +34,7 @@ from glrp.cache import load_case
 from glrp.losses import contrastive_loss, positive_weights, seg_loss, local_loss, region_boxes, region_features
 from glrp.synthetic import write_phantom
 from glrp.unet import UNet
-from glrp.train import fast_settings
-
-def bf16_ok(device:torch.device) -> bool:
-    "bf16 runs natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX (oneDNN)."
-    if device.type == 'cuda': return torch.cuda.is_bf16_supported()
-    try: return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError): return False
+from glrp.train import fast_settings, bf16_supported
 
 def sync(device):
     if device.type == 'cuda': torch.cuda.synchronize(device)
@@ -210,10 +204,10 @@ def main():
     torch.set_num_threads(args.threads or os.cpu_count())
     if device.type == 'cuda': torch.backends.cudnn.benchmark = True
     print(f'torch {torch.__version__}, device {device}' + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else '')
-          + f', {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 native: {bf16_ok(device)}')
+          + f', {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 native: {bf16_supported(device)}')
     print(f'load average (1, 5, 15 min) at start: {load_avg()}  (the machine may be shared: other jobs slow both paths)')
     print(f'config: UNet f={args.f}, {args.size}x{args.size}, batch {args.batch} slices; fast = channels_last'
-          + (' + bf16 autocast' + ('' if bf16_ok(device) else ' (emulated: no native bf16 here)') if fast_settings(device, True, args.precision)['amp']
+          + (' + bf16 autocast' + ('' if bf16_supported(device) else ' (emulated: no native bf16 here)') if fast_settings(device, True, args.precision)['amp']
              else ' only' + (' (--precision fp32)' if args.precision == 'fp32' else ' (no native bf16 here)')))
     tmp = Path(tempfile.mkdtemp(prefix='glrp_bench_train_'))
     img, lab, pos = phantom_slices(tmp/'speed', 4, args.size)
