@@ -3,7 +3,7 @@ import csv, json, os, re, shutil, subprocess, sys
 from pathlib import Path
 import nbformat
 import pytest
-from glrp.reproduce import PROFILES, CSV_FIELDS, check_parameters_cell, notebooks_folder, NotebookError, experiment_settings, load_profile, STATS_FIGURES
+from glrp.reproduce import PROFILES, CSV_FIELDS, check_parameters_cell, notebooks_folder, NotebookError, experiment_settings, load_profile, STATS_FIGURES, experiments
 from glrp.synthetic import write_phantom
 
 pytestmark = pytest.mark.timeout(900)
@@ -274,6 +274,14 @@ def test_committed_study_results():
     paired = report.split('## Paired differences', 1)[1].split('\n## ', 1)[0]
     tables = [b.strip() for b in paired.split('\n\n') if b.strip().startswith('|')]
     assert tables and all(t in readme for t in tables)  # the verdict tables, as assembled
+    grid = {f'{e.notebook}/{e.name}' for e in experiments(load_profile('study'), 'ACDC', res/'work', out=res)}
+    assert len(grid) == 120 and set(recs) == grid, (len(recs), sorted(grid - set(recs))[:5])  # the whole study, nothing else
+    num = lambda x: float(x.replace('−', '-'))
+    rows = {tuple(num(x) for x in m) for m in re.findall(r'\| ([+-]\d\.\d{3}) \| \[([+-]\d\.\d{3}), ([+-]\d\.\d{3})\] \|', paired)}
+    reading = readme.split('<!-- study:end -->', 1)[1].split('\n### ', 1)[0]
+    quoted = [tuple(num(x) for x in m) for line in reading.splitlines() if line.startswith('- **')
+              for m in re.findall(r'([+−-]\d\.\d{3}) \[([+−-]\d\.\d{3}), ([+−-]\d\.\d{3})\]', line)]
+    assert len(rows) == 12 and len(quoted) >= 10 and set(quoted) <= rows, set(quoted) - rows  # every interval README's reading quotes is a row of the table
     commits = {r['software']['git_commit'] for r in recs.values()}
     assert len(commits) == 1 and not next(iter(commits)).endswith('+dirty'), commits  # one pinned, clean commit
     assert {(r['numerics']['precision'], r['numerics']['cpu_capability']) for r in recs.values()} == {('bf16', 'AVX512')}
