@@ -648,7 +648,10 @@ def paired_markdown(out, # the reproduction's output folder
                    ) -> str:
     "The paired-difference tables of `glrp.stats` for the main table's methods ('' when fewer than two methods have per-volume results)."
     recs = paired_records(out)
-    if len({r['method'] for r in recs}) < 2: return ''
+    if len({r['method'] for r in recs}) < 2:
+        if figures:  # figures of an earlier report would outlive the numbers they show
+            for f in STATS_FIGURES: (Path(out)/f).unlink(missing_ok=True)
+        return ''
     table = summary_table(recs, n_boot=n_boot)  # refuses records of mixed precision or CPU capability
     md = stats_markdown(table)
     if not figures: return md
