@@ -279,9 +279,11 @@ def test_committed_study_results():
     num = lambda x: float(x.replace('−', '-'))
     rows = {tuple(num(x) for x in m) for m in re.findall(r'\| ([+-]\d\.\d{3}) \| \[([+-]\d\.\d{3}), ([+-]\d\.\d{3})\] \|', paired)}
     reading = readme.split('<!-- study:end -->', 1)[1].split('\n### ', 1)[0]
-    quoted = [tuple(num(x) for x in m) for line in reading.splitlines() if line.startswith('- **')
+    verdict = [l for l in readme.splitlines() if l.startswith('**The verdict at CPU scale.**')]
+    assert len(verdict) == 1, verdict
+    quoted = [tuple(num(x) for x in m) for line in reading.splitlines() + verdict if line.startswith(('- **', '**The verdict'))
               for m in re.findall(r'([+−-]\d\.\d{3}) \[([+−-]\d\.\d{3}), ([+−-]\d\.\d{3})\]', line)]
-    assert len(rows) == 12 and len(quoted) >= 10 and set(quoted) <= rows, set(quoted) - rows  # every interval README's reading quotes is a row of the table
+    assert len(rows) == 12 and len(quoted) >= 10 and set(quoted) <= rows, set(quoted) - rows  # every interval README's verdict and reading quote is a row of the table
     commits = {r['software']['git_commit'] for r in recs.values()}
     assert len(commits) == 1 and not next(iter(commits)).endswith('+dirty'), commits  # one pinned, clean commit
     assert {(r['numerics']['precision'], r['numerics']['cpu_capability']) for r in recs.values()} == {('bf16', 'AVX512')}
