@@ -284,6 +284,9 @@ def test_committed_study_results():
     quoted = [tuple(num(x) for x in m) for line in reading.splitlines() + verdict if line.startswith(('- **', '**The verdict'))
               for m in re.findall(r'([+−-]\d\.\d{3}) \[([+−-]\d\.\d{3}), ([+−-]\d\.\d{3})\]', line)]
     assert len(rows) == 12 and len(quoted) >= 10 and set(quoted) <= rows, set(quoted) - rows  # every interval README's verdict and reading quote is a row of the table
+    gp = {int(M): d.lstrip('+') for M, d in re.findall(r'\| (\d+) \| glrp − pcl \| [^|]+ \| ([+-]\d\.\d{3}) \|', paired)}
+    found = [l for l in readme.splitlines() if l.startswith('What it found so far')]
+    assert len(found) == 1 and f"GLRP leads PCL by {gp[6]} with 6 labeled patients and by {gp[10]}" in found[0], (gp, found)  # README's summary
     commits = {r['software']['git_commit'] for r in recs.values()}
     assert len(commits) == 1 and not next(iter(commits)).endswith('+dirty'), commits  # one pinned, clean commit
     assert {(r['numerics']['precision'], r['numerics']['cpu_capability']) for r in recs.values()} == {('bf16', 'AVX512')}
