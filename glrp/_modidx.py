@@ -321,6 +321,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'glrp.reproduce.stop_children_on_signal': ('reproduce.html#stop_children_on_signal', 'glrp/reproduce.py'),
                                 'glrp.reproduce.stop_tree': ('reproduce.html#stop_tree', 'glrp/reproduce.py'),
                                 'glrp.reproduce.testing_manifest': ('reproduce.html#testing_manifest', 'glrp/reproduce.py'),
+                                'glrp.reproduce.to_run': ('reproduce.html#to_run', 'glrp/reproduce.py'),
                                 'glrp.reproduce.validation_crf': ('reproduce.html#validation_crf', 'glrp/reproduce.py'),
                                 'glrp.reproduce.write_result': ('reproduce.html#write_result', 'glrp/reproduce.py')},
             'glrp.segment': { 'glrp.segment.SegmentResult': ('segment.html#segmentresult', 'glrp/segment.py'),

@@ -32,9 +32,9 @@ __all__ = ['PCL_CODE', 'METHOD_PLANS', 'PATH_PARAMS', 'RECORD_PATHS', 'NOT_PARAM
            'evaluation', 'markdown_rows', 'read_log', 'relative_path', 'resolve_path', 'notebook_parameters',
            'result_record', 'write_result', 'Experiment', 'section_settings', 'load_profile', 'experiment_settings',
            'experiments', 'NotebookError', 'Interrupted', 'check_parameters_cell', 'notebooks_folder', 'result_path',
-           'is_done', 'papermill_json', 'run_notebook', 'descendants', 'stop_tree', 'result_rows', 'results_csv',
-           'main_table_markdown', 'ablation_markdown', 'paired_records', 'paired_markdown', 'results_markdown',
-           'curve_rows', 'curves_markdown', 'planned_numerics', 'check_numerics', 'emulated_bf16',
+           'is_done', 'to_run', 'papermill_json', 'run_notebook', 'descendants', 'stop_tree', 'result_rows',
+           'results_csv', 'main_table_markdown', 'ablation_markdown', 'paired_records', 'paired_markdown',
+           'results_markdown', 'curve_rows', 'curves_markdown', 'planned_numerics', 'check_numerics', 'emulated_bf16',
            'check_repro_installed', 'stop_children_on_signal', 'reproduce']
 
 # %% ../nbs/09_reproduce.ipynb #e8697256
@@ -468,16 +468,30 @@ def result_path(exp:Experiment, out) -> Path: return exp.folder(out)/'result.jso
 
 def is_done(exp:Experiment, # the experiment
             out, # the reproduction's output folder
+            fingerprint:str|None=None, # `data_hash` of the data `exp` names: a result made from the same files in another place counts too
            ) -> bool:
-    "True when the experiment's result JSON exists and records the same value for each of its parameters (paths: the same place)."
+    "True when the experiment's result JSON exists and records the same value for each of its parameters (paths: the same place; data: the same place or the same files)."
     p = result_path(exp, out)
     if not p.is_file(): return False
-    try: got = json.loads(p.read_text()).get('parameters') or {}
+    try: rec = json.loads(p.read_text()); got = rec.get('parameters') or {}
     except json.JSONDecodeError: return False
     def same(k, a, b):
+        if k == 'data' and fingerprint is not None and rec.get('data_hash') == fingerprint: return True
         if k in PATH_PARAMS and isinstance(a, str) and isinstance(b, str): return resolve_path(a, p.parent) == resolve_path(b, p.parent)
         return canonical_json(a) == canonical_json(b)
     return all(k in got and same(k, got[k], v) for k, v in exp.params.items())
+
+def to_run(exps:list, # from `experiments`
+           out, # the reproduction's output folder
+           data=None, # the dataset folder the experiments name; None: the phantom
+           force:bool=False, # run every experiment again
+          ) -> list:
+    "The experiments without a result of the same parameters (figures always: they are redrawn from the current results)."
+    todo = [e for e in exps if force or e.notebook == 'figures' or not is_done(e, out)]
+    if data is not None and not force and any(e.notebook != 'figures' and result_path(e, out).is_file() for e in todo):
+        fp = data_hash(index_acdc(split_folders(data)[0]))  # results made where the data lay elsewhere (another machine): the same files count
+        todo = [e for e in todo if e.notebook == 'figures' or not is_done(e, out, fp)]
+    return todo
 
 def papermill_json(obj) -> str:
     "JSON that papermill's parameter file loader (YAML 1.1) reads back with the same types: every float carries a '.' (YAML reads 1e-05 as a string)."
@@ -813,7 +827,7 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
     exps = experiments(prof, data, out/'work', device, out=out)
     if only: exps = [e for e in exps if e.notebook in only]
     for nb in sorted({e.notebook for e in exps}): check_parameters_cell(nbdir/f"{nb}.ipynb")
-    todo = [] if report_only else [e for e in exps if force or e.notebook == 'figures' or not is_done(e, out)]  # figures: redrawn from the current results
+    todo = [] if report_only else to_run(exps, out, data, force)
     for e in exps:
         if e not in todo and not report_only: _say(f"skip   {e.label} (result.json with the same parameters exists)")
     if todo and any(e.notebook == 'main_table' for e in todo):
