@@ -666,7 +666,7 @@ def paired_markdown(out, # the reproduction's output folder
         if figures:  # figures of an earlier report would outlive the numbers they show
             for f in STATS_FIGURES: (Path(out)/f).unlink(missing_ok=True)
         return ''
-    table = summary_table(recs, n_boot=n_boot)  # refuses records of mixed precision or CPU capability
+    table = summary_table(recs, n_boot=n_boot, correction='holm')  # refuses records of mixed precision or CPU capability
     md = stats_markdown(table)
     if not figures: return md
     import matplotlib.pyplot as plt

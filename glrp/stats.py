@@ -216,12 +216,14 @@ def compare(records, # per-volume records, or the dict from `patient_dice`
             zero_method:str='wilcox', # of the Wilcoxon test
             keep:bool=False, # add the differences (d, fold, patient)
            ) -> dict:
-    "a − b over the test patients both methods have at M: mean, CI [lo, hi] (fold-stratified bootstrap), Wilcoxon p, n, n_folds."
+    "a − b over the test patients both methods have at M: mean, CI [lo, hi] (fold-stratified bootstrap), Wilcoxon p, n, n_folds, the mean per fold."
     if not isinstance(records, dict): check_uniform(records); records = patient_dice(records)
     pd_ = paired_differences(records, a, b, M)
     d, f = pd_['d'], pd_['fold']
     mean, lo, hi = bootstrap_ci(d, f, level, n_boot, seed)
-    out = dict(M=M, a=a, b=b, mean=mean, lo=lo, hi=hi, p=wilcoxon_p(d, zero_method), n=len(d), n_folds=len(set(f.tolist())),
+    folds = sorted(set(f.tolist()), key=_nat)
+    out = dict(M=M, a=a, b=b, mean=mean, lo=lo, hi=hi, p=wilcoxon_p(d, zero_method), n=len(d), n_folds=len(folds),
+               fold_means=[float(d[f == k].mean()) for k in folds],  # in fold order; each fold has its own training and test patients
                n_zero=int((np.round(d, 10) == 0).sum()), only_a=len(pd_['only_a']), only_b=len(pd_['only_b']),
                level=level, n_boot=n_boot, seed=seed, zero_method=zero_method)
     if keep: out.update(d=d.tolist(), fold=f.tolist(), patient=list(pd_['patient']))
@@ -290,23 +292,24 @@ def _f(x, d, sign=False) -> str: return '–' if x is None or not math.isfinite(
 def stats_markdown(table:dict, # from `summary_table`
                    digits:int=3, # decimals of Dice and differences
                   ) -> str:
-    "Markdown for RESULTS.md: pooled Dice per method and M, then the paired differences (M, pair, n, mean, CI, Wilcoxon p), with notes."
+    "Markdown for RESULTS.md: pooled Dice per method and M, then the paired differences (M, pair, n, mean, CI, Wilcoxon p, mean per fold), with notes."
     lv = f"{100*table['level']:g}%"
     out = [f"| M | method | folds | test patients | pooled Dice (mean ± sd over folds) | {lv} CI over folds (t) |", "|---|---|---|---|---|---|"]
     out += [f"| {r['M']} | {r['method']} | {r['n_folds']} | {r['n_patients']} | {_f(r['mean'], digits)} ± {_f(r['sd'], digits)} | "
             f"[{_f(r['lo'], digits)}, {_f(r['hi'], digits)}] |" for r in table['methods']]
     holm_ = table.get('correction') == 'holm'
-    out += ['', f"| M | pair (a − b) | n patients (folds) | mean difference | {lv} CI | Wilcoxon p |" + (' Holm p |' if holm_ else ''),
-            '|---|---|---|---|---|---|' + ('---|' if holm_ else '')]
+    out += ['', f"| M | pair (a − b) | n patients (folds) | mean difference | {lv} CI | Wilcoxon p |" + (' Holm p |' if holm_ else '') + ' mean per fold |',
+            '|---|---|---|---|---|---|---|' + ('---|' if holm_ else '')]
     out += [f"| {r['M']} | {r['a']} − {r['b']} | {r['n']} ({r['n_folds']}) | {_f(r['mean'], digits, True)} | "
             f"[{_f(r['lo'], digits, True)}, {_f(r['hi'], digits, True)}] | {_p(r['p'])} |" + (f" {_p(r.get('p_holm'))} |" if holm_ else '')
-            for r in table['pairs']]
+            + f" {', '.join(_f(x, digits, True) for x in r.get('fold_means', [])) or '–'} |" for r in table['pairs']]
     left = [f"M={r['M']} {r['a']} − {r['b']}: {r['only_a']} patient(s) only in {r['a']}, {r['only_b']} only in {r['b']}"
             for r in table['pairs'] if r['only_a'] or r['only_b']]
     notes = ["Pooled Dice: per class 2ΣTP/Σ(|P|+|G|) over a fold's test volumes, mean over RV, MYO, LV, seeds averaged per fold; sd with ddof = 1.",
              "Differences: per test patient, mean Dice of RV, MYO, LV over its ED and ES volumes (seeds averaged), method a minus method b; "
              "a patient counts only if both methods have it (n).",
-             f"CI: percentile bootstrap of the mean, resampling patients within each fold ({table['n_boot']:,} resamples, seed {table['seed']}).",
+             f"CI: percentile bootstrap of the mean, resampling patients within each fold ({table['n_boot']:,} resamples, seed {table['seed']}): "
+             "it speaks of these networks on these patients; the mean per fold also carries training's spread (each fold has its own pretraining, fine-tuning and test patients).",
              f"p: two-sided Wilcoxon signed-rank test over patients (scipy, zero_method='{table['zero_method']}'"
              + (": zero differences dropped)" if table['zero_method'] == 'wilcox' else ")") + "; "
              + ("Holm p: adjusted over all comparisons of this table." if holm_ else "not corrected for multiple comparisons."),
