@@ -18,7 +18,8 @@ from .inference import PREDICT_ROLES, predict, export_model
 
 # %% auto #0
 __all__ = ['LABEL_MAPS', 'cmd_synth', 'cmd_check_data', 'cmd_partition', 'cmd_evaluate', 'cmd_pretrain', 'cmd_finetune',
-           'cmd_predict', 'cmd_reproduce', 'add_config_args', 'config_from_args', 'build_parser', 'main']
+           'cmd_predict', 'cmd_reproduce', 'add_config_args', 'config_from_args', 'HelpFormatter', 'build_parser',
+           'main']
 
 # %% ../nbs/10_cli.ipynb #386fc50f
 def cmd_synth(args) -> int:
@@ -94,6 +95,9 @@ def cmd_predict(args) -> int:
     if predict_mode(args.model, args.input) == 'checkpoint':
         other = given('labels', 'split_frames', 'fov', 'overlap') + (['--no-crf'] if args.crf is False else [])
         if other: raise InputError(f"{', '.join(other)}: only with a model folder and -i INPUT, not with a checkpoint file")
+        if args.crf and args.crf_params is None:
+            raise InputError(f"--crf: {args.model} carries no tuned CRF parameters (a checkpoint never does). Untuned, the CRF can erase whole "
+                             "structures: pass --crf-params FILE (a CRFParams JSON, e.g. a reproduction's tuned `crf`; {} for the defaults)")
         paths = predict(args.model, args.out, role=get('role', 'test'), fold=get('fold'), manifest=get('manifest'), data=get('data'),
                         cache=get('cache'), crf=bool(args.crf), crf_params=args.crf_params, save_probs=args.save_probs, device=args.device,
                         fast=args.fast, batch=args.batch, workers=args.workers, progress=not args.no_progress)
@@ -175,9 +179,15 @@ def config_from_args(cls, args):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 # %% ../nbs/10_cli.ipynb #b88aba25
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    "Each option's default after its help, unless the help says it already or there is none worth naming (None, a switch that is off)."
+    def _get_help_string(self, action):
+        h = action.help or ''
+        return h if 'default' in h or action.default is None or action.default is False else super()._get_help_string(action)
+
 def build_parser() -> argparse.ArgumentParser:
     "The `glrp` argument parser with all subcommands."
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     p = argparse.ArgumentParser(prog='glrp', description='GLRP companion: data, pretraining, segmentation, CRF, evaluation.',
                                 formatter_class=fmt)
     p.add_argument('--version', action='version', version=f'glrp {glrp.__version__}')
@@ -241,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='output folder: one label file per input, under its name (checkpoint: patientXXX_frameYY.nii.gz)')
     s.add_argument('--crf', action=argparse.BooleanOptionalAction, default=None,
                    help='dense CRF on or off (default: on when the model folder holds tuned CRF parameters; off with a checkpoint)')
-    s.add_argument('--crf-params', type=Path, default=None, help="CRFParams JSON replacing the model's tuned ones (default: those, else CRFParams())")
+    s.add_argument('--crf-params', type=Path, default=None, help="CRFParams JSON replacing the model's tuned ones ({} for CRFParams()'s defaults); --crf needs it where the model has none")
     s.add_argument('--labels', choices=sorted(OUTPUT_LABELS), default=S,
                    help='output label values: acdc 1 RV, 2 MYO, 3 LV; mnms 1 LV, 2 MYO, 3 RV (model folder; default: acdc)')
     s.add_argument('--split-frames', action='store_true', default=S,
@@ -265,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser('reproduce', help="run the paper's experiments (papermill notebooks) and assemble results.csv and RESULTS.md",
                        formatter_class=fmt)
-    s.add_argument('--profile', default='smoke', help="smoke (synthetic phantom, minutes), cpu (ACDC on a CPU, about an hour), paper (the full protocol, GPU) or a JSON profile file")
+    s.add_argument('--profile', default='smoke', help="smoke (synthetic phantom, minutes), cpu (ACDC on a CPU, about an hour), study (ACDC, 5 folds, M = 2, 6, 10, paired statistics; about 6 h on a CPU), paper (the full protocol, GPU) or a JSON profile file")
     s.add_argument('--data', type=Path, default=None, help='dataset folder (ACDC root or training/); default: the synthetic phantom (smoke only)')
     s.add_argument('--out', type=Path, default=None, help='output folder (default: runs/PROFILE)')
     s.add_argument('--jobs', type=int, default=1, help='experiments at once (one GPU each when there are several)')

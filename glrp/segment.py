@@ -344,7 +344,10 @@ def crf_choice(info:dict, # model.json (`read_model`)
     if info.get('crf'):
         try: return read_crf_params(info['crf'])
         except ValueError as e: raise DataError(source, f"its tuned CRF parameters: {e}") from None
-    return read_crf_params(None) if crf else None
+    if crf: raise InputError(f"--crf: {source} holds no CRF parameters tuned on validation scans (glrp finetune does not tune them; glrp reproduce does, "
+                             "and leaves them out where the CRF did not help). Untuned, the CRF can erase whole structures: pass --crf-params FILE "
+                             "(a CRFParams JSON; {} for the defaults) to choose them, or leave the CRF off")
+    return None
 
 # %% ../nbs/11_segment.ipynb #5e6a0c57
 @dataclass

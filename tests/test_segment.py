@@ -213,7 +213,7 @@ def test_spacing_far_outside_training_warns(trained, renamed, tmp_path):
     assert len(res.warnings) == 1 and res.failed == []
 
 def test_crf_follows_the_model(trained, renamed, tmp_path):
-    "No tuned CRF: off unless --crf; tuned CRF in model.json: on unless --no-crf."
+    "No tuned CRF: off, and --crf alone refused (untuned parameters can erase structures); tuned CRF in model.json: on unless --no-crf."
     root, model, _ = trained
     scans, _ = renamed
     tuned = tmp_path/'tuned'; shutil.copytree(model, tuned)
@@ -221,7 +221,10 @@ def test_crf_follows_the_model(trained, renamed, tmp_path):
     (tuned/'model.json').write_text(json.dumps(info))
     one = scans/'scan7.nii.gz'
     outs = {}
-    for name, m, opts in (('plain', model, []), ('forced', model, ['--crf']), ('tuned', tuned, []), ('tuned_off', tuned, ['--no-crf'])):
+    code, _, err = run('predict', model, '-i', one, '-o', tmp_path/'refused', '--crf')  # no tuned CRF to force on
+    assert code == 2 and 'holds no CRF parameters tuned' in err and '--crf-params' in err and not (tmp_path/'refused').exists()
+    (tmp_path/'defaults.json').write_text('{}')
+    for name, m, opts in (('plain', model, []), ('forced', model, ['--crf', '--crf-params', tmp_path/'defaults.json']), ('tuned', tuned, []), ('tuned_off', tuned, ['--no-crf'])):
         assert run('predict', m, '-i', one, '-o', tmp_path/name, '--no-fast', '--workers', 1, '--no-progress', *opts)[0] == 0
         outs[name] = np.asarray(nib.load(tmp_path/name/'scan7.nii.gz').dataobj)
     assert np.array_equal(outs['plain'], outs['tuned_off'])

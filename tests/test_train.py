@@ -3,7 +3,7 @@ import json, os, shutil, subprocess, sys
 from pathlib import Path
 import numpy as np
 import nibabel as nib
-import pytest
+import pytest, warnings
 from conftest import run_process_group
 import torch
 from glrp.synthetic import write_phantom
@@ -144,14 +144,26 @@ def test_cli_end_to_end(phantom, capsys):
     assert main(['finetune', man, '--out', str(root/'cli_ft'), '--pretrained', str(root/'cli_pre'/'last.pt'), '--batch', '4',
                  '--aug', '{"rot": 5}', *small]) == 0
     assert json.loads((root/'cli_ft'/'run.json').read_text())['config']['aug'] == {'rot': 5}
+    from glrp.train import _seg_model, FinetuneConfig
+    pre = str(root/'cli_pre'/'last.pt')
+    with pytest.warns(UserWarning, match=r'pretrained at 2.5 mm and size \[64, 64\], fine-tuning at 2.0 mm .* pass --spacing 2.5 --size 64 64'):
+        _seg_model(FinetuneConfig(manifest=man, out=str(root/'x'), pretrained=pre, spacing=2.0, size=(64, 64)))  # another grid: said
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        _seg_model(FinetuneConfig(manifest=man, out=str(root/'x'), pretrained=pre, spacing=2.5, size=(64, 64)))  # its own grid: silent
     assert main(['predict', str(root/'cli_ft'/'best.pt'), '--out', str(root/'cli_pred'), '--role', 'val', '--workers', '1',
                  '--no-progress', '--no-fast']) == 0
     assert len(list((root/'cli_pred').glob('*.nii.gz'))) == 2 * len(m['folds'][0]['val'])
     assert main(['predict', str(root/'cli_ft'/'best.pt'), '--out', str(root/'cli_pred_crf'), '--role', 'val', '--workers', '1',
-                 '--no-progress', '--crf']) == 0
+                 '--no-progress', '--crf']) == 2  # a checkpoint has no tuned CRF: refused, nothing written
+    first = capsys.readouterr()
+    assert not (root/'cli_pred_crf').exists() and '--crf-params' in first.err
+    (root/'defaults.json').write_text('{}')
+    assert main(['predict', str(root/'cli_ft'/'best.pt'), '--out', str(root/'cli_pred_crf'), '--role', 'val', '--workers', '1',
+                 '--no-progress', '--crf', '--crf-params', str(root/'defaults.json')]) == 0
     assert len(list((root/'cli_pred_crf').glob('*.nii.gz'))) == 2 * len(m['folds'][0]['val'])
     assert main(['evaluate', str(root/'cli_pred_crf'), str(root/'data'), '--missing', 'skip']) == 0
-    out = capsys.readouterr().out
+    out = first.out + capsys.readouterr().out
     assert 'best epoch' in out and 'wrote' in out
 
 def test_cli_help_lists_hyperparameters(capsys):
