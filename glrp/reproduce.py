@@ -699,13 +699,15 @@ def results_markdown(rows:list, # from `result_rows`
         out += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figs] + [""]
     elif figs:
         out += ["## Figures", "", "Written to " + ', '.join(f"`{f}`" for f in figs) + ". They show ACDC images: not for redistribution (this project never commits them).", ""]
+    commits = sorted({str(v[2]) for v in meta.get('experiments', {}).values()})
     out += ["## Provenance", "",
             f"- profile: `{meta.get('profile')}`; data: `{meta.get('data')}` (hash `{meta.get('data_hash', '')}`)",
-            f"- experiments ran at commit(s) {', '.join(f'`{c}`' for c in sorted({v[2] for v in meta.get('experiments', {}).values()}))} "
-            f"(`+dirty`: with uncommitted changes in the tree); report assembled by glrp {sw.get('glrp', '?')} at commit `{sw.get('git_commit', '?')}`; "
+            f"- experiments ran at commit(s) {', '.join(f'`{c}`' for c in commits)} "
+            f"({'those marked `+dirty` with uncommitted changes in the tree' if any(c.endswith('+dirty') for c in commits) else 'clean'}); "
+            f"report assembled by glrp {sw.get('glrp', '?')} at commit `{sw.get('git_commit', '?')}`; "
             f"torch {sw.get('torch', '?')}, numpy {sw.get('numpy', '?')}, python {sw.get('python', '?')}",
             f"- device: {meta.get('device')}; wall time of all experiments {sum(v[0] or 0 for v in meta.get('experiments', {}).values()) / 60:.1f} min "
-            f"(this invocation: started {meta.get('started')}, {meta.get('wall_s', 0) / 60:.1f} min; experiments it skipped were run before)",
+            f"(this invocation: started {meta.get('started')}, {meta.get('wall_s', 0) / 60:.1f} min; experiments that had a result already were skipped)",
             "", "| experiment | seconds | device | commit |", "|---|---|---|---|"]
     for p, (sec, dev, commit) in sorted(meta.get('experiments', {}).items()): out.append(f"| {p} | {sec} | {dev} | `{commit[:7]}{'+dirty' if commit.endswith('+dirty') else ''}` |")
     return '\n'.join(out) + '\n'
