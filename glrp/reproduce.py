@@ -681,6 +681,7 @@ def paired_markdown(out, # the reproduction's output folder
 def results_markdown(rows:list, # from `result_rows`
                      meta:dict, # profile name, data, device, wall times, provenance (from the runner)
                      paired:str='', # the paired-difference tables (`paired_markdown`)
+                     curves:str='', # the fine-tuning runs' validation curves (`curves_markdown`)
                     ) -> str:
     "RESULTS.md: the tables and their provenance."
     sw = meta.get('software', {})
@@ -692,6 +693,8 @@ def results_markdown(rows:list, # from `result_rows`
     t = main_table_markdown(rows, 'testing')
     if t: out += ["## ACDC testing/ (models trained on training/ only)", "", t, ""]
     if paired: out += ["## Paired differences (test patients, no CRF)", "", paired, ""]
+    if curves: out += ["## Validation curves (fine-tuning)", "", "Pooled validation Dice, the last validation pass by each tenth of a run's steps, "
+                       "mean over the seeds; every pass of every run in `curves.csv`.", "", curves.strip(), ""]
     a = ablation_markdown(rows)
     if a: out += ["## Ablation (GLRP variants; mean pooled Dice on the test fold)", "", "Columns: no CRF, the CRF tuned on validation, and the tuned CRF with its iteration count replaced.", "", a, ""]
     figs = meta.get('figures') or []
@@ -876,6 +879,8 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
     with atomic_path(out/'results.csv') as t_: Path(t_).write_text(results_csv(rows))
     if curves := curve_rows(out):  # the experiment folders are here: their validation curves
         with atomic_path(out/'curves.csv') as t_: Path(t_).write_text(results_csv(curves, CURVE_FIELDS))
-    with atomic_path(out/'RESULTS.md') as t_: Path(t_).write_text(results_markdown(rows, meta, paired_markdown(out, figures=True, embed=not data)))
+    curves = list(csv.DictReader(open(out/'curves.csv'))) if (out/'curves.csv').is_file() else []
+    report = results_markdown(rows, meta, paired_markdown(out, figures=True, embed=not data), curves_markdown(curves) if curves else '')
+    with atomic_path(out/'RESULTS.md') as t_: Path(t_).write_text(report)
     write_json(dict(meta, profile_settings=prof, failed=failed, ran=ran), out/'reproduce.json')
     return dict(failed=failed, ran=ran, skipped=[e.label for e in exps if e not in todo], results=out/'results.csv', report=out/'RESULTS.md')

@@ -103,6 +103,7 @@ def test_end_to_end(tiny):
     # RESULTS.md has the testing/ table, the ablation, the figures and provenance
     md = (out/'RESULTS.md').read_text()
     assert '## ACDC testing/' in md and '## Ablation' in md and 'commit `' in md
+    assert '## Validation curves (fine-tuning)' in md and '| 0 | 2 | glrp |' in md  # the runs' curves, from curves.csv
     # the paired statistics: per-volume records in the result JSONs, the glrp - random row over the fold's test patients
     n_test = len(recs['main_table/random-M2-fold0']['evaluations'][0]['summary']['volumes']) // 2
     assert main['numerics']['precision'] in ('fp32', 'bf16') and main['numerics']['cpu_capability']
@@ -274,6 +275,8 @@ def test_committed_study_results():
     paired = report.split('## Paired differences', 1)[1].split('\n## ', 1)[0]
     tables = [b.strip() for b in paired.split('\n\n') if b.strip().startswith('|')]
     assert tables and all(t in readme for t in tables)  # the verdict tables, as assembled
+    curves = report.split('## Validation curves (fine-tuning)', 1)[1].split('\n## ', 1)[0]
+    assert curves.count('\n| ') > 60 and [b.strip() for b in curves.split('\n\n') if b.strip().startswith('|')][0] in readme  # every fold, M and method's curve
     grid = {f'{e.notebook}/{e.name}' for e in experiments(load_profile('study'), 'ACDC', res/'work', out=res)}
     assert len(grid) == 120 and set(recs) == grid, (len(recs), sorted(grid - set(recs))[:5])  # the whole study, nothing else
     num = lambda x: float(x.replace('−', '-'))
