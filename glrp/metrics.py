@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_metrics.ipynb #e76be19e
 from __future__ import annotations
-import re, json, math, warnings
+import os, re, json, math, warnings
 from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
@@ -372,6 +372,7 @@ def evaluate_folder(pred_dir, # predictions: patientXXX_frameYY.nii.gz, flat or 
     if out_dir is not None:
         out = Path(out_dir)
         with atomic_path(out/'metrics.csv') as tmp: tmp.write_text(records_csv(records))
-        write_json(_jsonable(res), out/'summary.json')
+        rel = lambda p: Path(os.path.relpath(os.path.abspath(p), os.path.abspath(out))).as_posix()  # no machine's folders in the record
+        write_json(_jsonable(dict(res, pred_dir=rel(pred_dir), gt_dir=rel(gt_dir))), out/'summary.json')
         with atomic_path(out/'summary.md') as tmp: tmp.write_text(summary_markdown(res))
     return {**res, 'records': records}

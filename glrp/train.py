@@ -478,9 +478,10 @@ def run_inputs(ck:dict, # a checkpoint with `config` and `paths`
                 data=recorded_path(ck, 'data', ck_path) or cfg.get('data'))
 
 def run_record(cfg, kind:str, manifest:dict, info, device, fast_cfg:dict) -> dict:
-    "What `run.json` holds: the config, seed, data hash and code version of a run (input paths relative to the run folder)."
-    return dict(kind=kind, config=cfg.to_dict(), seed=cfg.seed, data_hash=manifest.get('data_hash'),
-                paths=run_paths(cfg, cfg.out), fold=cfg.fold, world=info.world, device=str(device), numerics=numerics(device, fast_cfg),
+    "What `run.json` holds: the config, seed, data hash and code version of a run (its paths, in `config` too, relative to the run folder)."
+    paths = run_paths(cfg, cfg.out)
+    return dict(kind=kind, config=cfg.to_dict() | paths | dict(out='.'), seed=cfg.seed, data_hash=manifest.get('data_hash'),
+                paths=paths, fold=cfg.fold, world=info.world, device=str(device), numerics=numerics(device, fast_cfg),
                 fast=dict(channels_last=fast_cfg['channels_last'], amp=str(fast_cfg['amp'])), provenance=provenance(),
                 started=time.strftime('%Y-%m-%dT%H:%M:%S'))
 

@@ -90,7 +90,8 @@ def test_checkpoints_load_weights_only_and_run_json(phantom):
     for d, kind in (('rec_pre', 'pretrain'), ('rec_ft', 'finetune')):
         run = json.loads((root/d/'run.json').read_text())
         assert run['kind'] == kind and run['seed'] == 5 and run['data_hash'] == m['data_hash']
-        assert run['config']['manifest'] == str(root/'manifest.json')
+        assert (root/d/run['config']['manifest']).resolve() == (root/'manifest.json').resolve() and run['config']['out'] == '.'  # relative to the run folder
+        assert not [k for k, v in run['config'].items() if isinstance(v, str) and v.startswith('/')], run['config']  # no machine's folders
         assert {'glrp', 'git_commit', 'torch'} <= set(run['provenance'])
         assert run['finished']
     run = json.loads((root/'rec_ft'/'run.json').read_text())
