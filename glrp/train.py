@@ -799,8 +799,8 @@ def _seg_model(cfg:FinetuneConfig) -> tuple:
         pc = ck.get('config') or {}  # the grid it was pretrained on: fine-tuning on another is allowed, but rarely meant
         grid = lambda c: (float(c['spacing']), tuple(int(x) for x in c['size'] or ()))
         if 'spacing' in pc and 'size' in pc and grid(pc) != grid(dict(spacing=cfg.spacing, size=cfg.size)):
-            warnings.warn(f"{cfg.pretrained}: pretrained at {pc['spacing']} mm and size {list(pc['size'])}, fine-tuning at {cfg.spacing} mm and size "
-                          f"{list(cfg.size or ())}; pass --spacing {pc['spacing']} --size {' '.join(map(str, pc['size']))} to fine-tune on its grid")
+            warnings.warn(f"{cfg.pretrained}: pretrained at {pc['spacing']} mm and size {list(pc['size'] or ())}, fine-tuning at {cfg.spacing} mm and size "
+                          f"{list(cfg.size or ())}; pass --spacing {pc['spacing']} --size {' '.join(map(str, pc['size'] or ()))} to fine-tune on its grid")
     model = UNet(**args)
     try: loaded = load_pretrained(model, ck['model'], cfg.parts) if ck else []
     except WeightMismatchError as e: raise DataError(cfg.pretrained, f"weights do not fit its model_args {args}: {e}") from None
