@@ -95,9 +95,6 @@ def cmd_predict(args) -> int:
     if predict_mode(args.model, args.input) == 'checkpoint':
         other = given('labels', 'split_frames', 'fov', 'overlap') + (['--no-crf'] if args.crf is False else [])
         if other: raise InputError(f"{', '.join(other)}: only with a model folder and -i INPUT, not with a checkpoint file")
-        if args.crf and args.crf_params is None:
-            raise InputError(f"--crf: {args.model} carries no tuned CRF parameters (a checkpoint never does). Untuned, the CRF can erase whole "
-                             "structures: pass --crf-params FILE (a CRFParams JSON, e.g. a reproduction's tuned `crf`; {} for the defaults)")
         paths = predict(args.model, args.out, role=get('role', 'test'), fold=get('fold'), manifest=get('manifest'), data=get('data'),
                         cache=get('cache'), crf=bool(args.crf), crf_params=args.crf_params, save_probs=args.save_probs, device=args.device,
                         fast=args.fast, batch=args.batch, workers=args.workers, progress=not args.no_progress)

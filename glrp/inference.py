@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from .data import DataError, save_nifti_like, atomic_path, write_json, provenance
+from .data import InputError, DataError, save_nifti_like, atomic_path, write_json, provenance
 from .preprocess import restore
 from .partition import read_manifest
 from .unet import UNet
@@ -17,7 +17,8 @@ from .train import (FinetuneConfig, ConfigError, load_checkpoint, save_checkpoin
                         fast_settings, predict_probs)
 
 # %% auto #0
-__all__ = ['PREDICT_ROLES', 'MODEL_FORMAT', 'segmentation_model', 'read_crf_params', 'predict', 'export_model', 'read_model']
+__all__ = ['PREDICT_ROLES', 'MODEL_FORMAT', 'segmentation_model', 'read_crf_params', 'untuned_crf', 'predict', 'export_model',
+           'read_model']
 
 # %% ../nbs/06b_inference.ipynb #090929e8
 PREDICT_ROLES = ('test', 'val', 'train', 'labeled', 'all')
@@ -48,6 +49,13 @@ def read_crf_params(p) -> 'CRFParams':
     try: return CRFParams.from_dict(p)  # names unknown keys
     except (TypeError, ValueError) as e: raise ConfigError(f"{src}: {e}") from None
 
+def untuned_crf(source, # the checkpoint or model folder that holds no tuned CRF parameters
+               ) -> InputError:
+    "The refusal of a CRF forced on without parameters: untuned, it can erase whole structures."
+    return InputError(f"--crf: {source} holds no CRF parameters tuned on validation scans (glrp finetune does not tune them; glrp reproduce does, "
+                      "and leaves them out where the CRF did not help). Untuned, the CRF can erase whole structures: pass --crf-params FILE "
+                      "(a CRFParams JSON; {} for the defaults) to choose them, or leave the CRF off")
+
 def predict(checkpoint, # a fine-tuned checkpoint (best.pt or last.pt of glrp finetune)
             out, # folder for patientXXX_frameYY.nii.gz
             role:str='test', # which volumes: test, val, train, labeled (of the fold) or all labeled volumes
@@ -56,7 +64,7 @@ def predict(checkpoint, # a fine-tuned checkpoint (best.pt or last.pt of glrp fi
             data=None, # dataset root; None: the checkpoint's, else the manifest's
             cache=None, # preprocessed cache; None: the checkpoint's, else cache/ beside the manifest
             crf:bool=False, # refine with the dense CRF
-            crf_params=None, # `CRFParams`, a dict, or a JSON file (e.g. from the CRF tuning); None: CRFParams()
+            crf_params=None, # `CRFParams`, a dict, or a JSON file (e.g. from the CRF tuning; {} for the defaults); needed with crf
             save_probs:bool=False, # also write probs/NAME.npz (network-grid probabilities, float16)
             device:str='auto', # cpu, cuda or auto
             fast:bool=True, # channels_last + bf16 autocast where supported
@@ -66,6 +74,7 @@ def predict(checkpoint, # a fine-tuned checkpoint (best.pt or last.pt of glrp fi
            ) -> list:
     "Predict every volume of `role`; the written NIfTI paths (one per frame, native grid, original header)."
     if role not in PREDICT_ROLES: raise ValueError(f"role must be one of {PREDICT_ROLES}, not {role!r}")
+    if crf and crf_params is None: raise untuned_crf(checkpoint)  # a checkpoint carries none
     ck = load_checkpoint(checkpoint)
     if ck.get('kind', '').startswith('pretrain'):
         raise DataError(checkpoint, "not a fine-tuned segmentation checkpoint (glrp finetune's best.pt or last.pt)")

@@ -4,10 +4,11 @@
 
 # %% ../nbs/08_metrics.ipynb #e76be19e
 from __future__ import annotations
-import os, re, json, math, warnings
+import re, json, math, warnings
 from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
+from .partition import portable_root
 from .data import (CLASSES, ACDC_LABELS, index_acdc, load_label, atomic_path, write_json, PATIENT_RE,
                        LayoutError, MissingFileError, ShapeError, LabelError)
 
@@ -372,7 +373,7 @@ def evaluate_folder(pred_dir, # predictions: patientXXX_frameYY.nii.gz, flat or 
     if out_dir is not None:
         out = Path(out_dir)
         with atomic_path(out/'metrics.csv') as tmp: tmp.write_text(records_csv(records))
-        rel = lambda p: Path(os.path.relpath(os.path.abspath(p), os.path.abspath(out))).as_posix()  # no machine's folders in the record
-        write_json(_jsonable(dict(res, pred_dir=rel(pred_dir), gt_dir=rel(gt_dir))), out/'summary.json')
+        rel = {k: portable_root(res[k], out) for k in ('pred_dir', 'gt_dir')}  # as a manifest records its root: no machine's folders
+        write_json(_jsonable(res | rel), out/'summary.json')
         with atomic_path(out/'summary.md') as tmp: tmp.write_text(summary_markdown(res))
     return {**res, 'records': records}

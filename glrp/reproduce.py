@@ -879,7 +879,7 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
     with atomic_path(out/'results.csv') as t_: Path(t_).write_text(results_csv(rows))
     if curves := curve_rows(out):  # the experiment folders are here: their validation curves
         with atomic_path(out/'curves.csv') as t_: Path(t_).write_text(results_csv(curves, CURVE_FIELDS))
-    curves = list(csv.DictReader(open(out/'curves.csv'))) if (out/'curves.csv').is_file() else []
+    elif (out/'curves.csv').is_file(): curves = list(csv.DictReader((out/'curves.csv').read_text().splitlines()))  # committed results alone: their curves
     report = results_markdown(rows, meta, paired_markdown(out, figures=True, embed=not data), curves_markdown(curves) if curves else '')
     with atomic_path(out/'RESULTS.md') as t_: Path(t_).write_text(report)
     write_json(dict(meta, profile_settings=prof, failed=failed, ran=ran), out/'reproduce.json')

@@ -16,7 +16,7 @@ from .data import (CLASSES, ACDC_LABELS, MNMS_LABELS, PATIENT_RE, InputError, Da
                        ShapeError, save_nifti_like, atomic_path, load_nifti, nifti_header, patient_dirs)
 from .preprocess import PrepParams, prep_geometry, preprocess, restore, argmax0
 from .train import pick_device, fast_settings, autocast, to_input
-from .inference import read_model, read_crf_params
+from .inference import read_model, read_crf_params, untuned_crf
 
 # %% auto #0
 __all__ = ['NIFTI_SUFFIXES', 'FOVS', 'OUTPUT_LABELS', 'is_nifti', 'nifti_split', 'is_acdc', 'acdc_frames', 'folder_scans',
@@ -344,9 +344,7 @@ def crf_choice(info:dict, # model.json (`read_model`)
     if info.get('crf'):
         try: return read_crf_params(info['crf'])
         except ValueError as e: raise DataError(source, f"its tuned CRF parameters: {e}") from None
-    if crf: raise InputError(f"--crf: {source} holds no CRF parameters tuned on validation scans (glrp finetune does not tune them; glrp reproduce does, "
-                             "and leaves them out where the CRF did not help). Untuned, the CRF can erase whole structures: pass --crf-params FILE "
-                             "(a CRFParams JSON; {} for the defaults) to choose them, or leave the CRF off")
+    if crf: raise untuned_crf(source)
     return None
 
 # %% ../nbs/11_segment.ipynb #5e6a0c57
