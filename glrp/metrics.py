@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 from .partition import portable_root
+from .clinical import voxel_ml, patient_indices, agreement_table, agreement_markdown, indices_rows, rows_csv
 from .data import (CLASSES, ACDC_LABELS, index_acdc, load_label, atomic_path, write_json, PATIENT_RE,
                        LayoutError, MissingFileError, ShapeError, LabelError)
 
@@ -16,7 +17,8 @@ from .data import (CLASSES, ACDC_LABELS, index_acdc, load_label, atomic_path, wr
 __all__ = ['METRICS', 'EMPTY_CASES', 'CONVENTIONS', 'PRED_RE', 'CSV_COLUMNS', 'check_labels', 'class_counts', 'dice_from_counts',
            'pooled_dice_from_counts', 'pooled_dice', 'bounding_box', 'surface', 'surface_distances', 'fov_diagonal',
            'empty_penalty', 'binary_metrics', 'volume_metrics', 'empty_counts', 'acdc_summary', 'pcl_summary',
-           'summarize', 'grid_mismatch', 'find_predictions', 'records_csv', 'summary_markdown', 'evaluate_folder']
+           'summarize', 'grid_mismatch', 'find_predictions', 'records_csv', 'clinical_summary', 'indices_markdown',
+           'summary_markdown', 'evaluate_folder']
 
 # %% ../nbs/08_metrics.ipynb #cd25c3e4
 METRICS = ('dice', 'hd95', 'assd', 'assd_pooled', 'hd')  # per-structure metrics, in the order of the tables
@@ -293,7 +295,7 @@ def find_predictions(pred_dir, # folder with patientXXX_frameYY.nii.gz files, fl
 
 # %% ../nbs/08_metrics.ipynb #55737477
 CSV_COLUMNS = ('patient', 'frame', 'phase', 'group', 'class', 'dice', 'hd95', 'assd', 'assd_pooled', 'hd', 'tp', 'n_pred', 'n_gt',
-               'missing', 'empty')
+               'missing', 'empty', 'voxel_ml')
 
 def records_csv(records:list) -> str:
     "The per-volume records as CSV text (columns `CSV_COLUMNS`, NaN written as 'nan')."
@@ -308,6 +310,28 @@ def _jsonable(o):
     if isinstance(o, (list, tuple)): return [_jsonable(v) for v in o]
     if isinstance(o, float) and not math.isfinite(o): return None
     return o
+
+# %% ../nbs/08_metrics.ipynb #b1d3ac58
+def clinical_summary(records:list, # per-structure records of `evaluate_folder` (patient, phase, class, counts, voxel_ml)
+                    ) -> tuple:
+    "(the prediction's indices, the ground truth's, the summary's `indices`: agreement per index, patients with one phase, flagged patients)."
+    from glrp.stats import volume_records  # glrp.stats imports this module
+    vols = volume_records(records)
+    pred, gt = patient_indices(vols, 'pred'), patient_indices(vols, 'gt')
+    phases = {}
+    for v in vols: phases.setdefault(v['patient'], set()).add(v['phase'])
+    one = sorted(p for p, s in phases.items() if not {'ED', 'ES'} <= s)
+    flagged = {p: r['flags'] for p, r in pred.items() if r['flags']}
+    return pred, gt, dict(agreement=agreement_table(pred, gt), one_phase=one, flagged=flagged)
+
+def indices_markdown(indices:dict|None, # a summary's `indices` (`clinical_summary`)
+                    ) -> str:
+    "The agreement table of the clinical indices as Markdown, with the patients that have one phase only or flagged predictions."
+    if not indices: return ''
+    notes = [f"Patients with one of ED/ES only (no EF): {', '.join(indices['one_phase'])}."] if indices['one_phase'] else []
+    notes += [f"Flagged predictions: " + '; '.join(f"{p}: {', '.join(f)}" for p, f in indices['flagged'].items()) + '.'] if indices['flagged'] else []
+    return ("\nClinical indices, prediction against ground truth over patients (r: Pearson; limits of agreement: bias ± 1.96 sd):\n\n"
+            + agreement_markdown(indices['agreement']) + ''.join(f"\n{n}\n" for n in notes))
 
 # %% ../nbs/08_metrics.ipynb #589ddcad
 def summary_markdown(summary:dict, # a result record from `summarize` / `evaluate_folder`
@@ -332,7 +356,7 @@ def summary_markdown(summary:dict, # a result record from `summarize` / `evaluat
         how = 'left out' if summary.get('missing_policy') == 'skip' else 'evaluated as empty'
         notes.append(f"Missing predictions {how}: {', '.join(summary['missing'])}.")
     if summary.get('extra'): notes.append(f"Predictions without ground truth (ignored): {', '.join(summary['extra'])}.")
-    return '\n'.join(lines + [''] + notes) + '\n'
+    return '\n'.join(lines + [''] + notes) + '\n' + indices_markdown(summary.get('indices'))
 
 # %% ../nbs/08_metrics.ipynb #4c744eba
 def evaluate_folder(pred_dir, # predictions: patientXXX_frameYY.nii.gz, flat or in patientXXX/ subfolders
@@ -367,13 +391,15 @@ def evaluate_folder(pred_dir, # predictions: patientXXX_frameYY.nii.gz, flat or 
             if why: raise ShapeError(path, f"not on the grid of {f.label.name}: {why}")
         else: pred = np.zeros_like(gt)
         records += volume_metrics(pred, gt, spacing, empty_distance=empty_distance, name=f.name, patient=p.id,
-                                  frame=f.frame, phase=f.phase, group=p.group, missing=f.name not in preds)
+                                  frame=f.frame, phase=f.phase, group=p.group, missing=f.name not in preds, voxel_ml=voxel_ml(spacing))
     res = summarize(records, empty_distance=empty_distance)
     res.update(pred_dir=str(pred_dir), gt_dir=str(gt_dir), missing=absent, missing_policy=missing, extra=extra)
+    pred_idx, gt_idx, res['indices'] = clinical_summary(records)
     if out_dir is not None:
         out = Path(out_dir)
         with atomic_path(out/'metrics.csv') as tmp: tmp.write_text(records_csv(records))
         rel = {k: portable_root(res[k], out) for k in ('pred_dir', 'gt_dir')}  # as a manifest records its root: no machine's folders
         write_json(_jsonable(res | rel), out/'summary.json')
         with atomic_path(out/'summary.md') as tmp: tmp.write_text(summary_markdown(res))
+        with atomic_path(out/'indices.csv') as tmp: tmp.write_text(rows_csv(indices_rows(pred_idx, gt_idx)))
     return {**res, 'records': records}

@@ -32,7 +32,7 @@ def volume_records(structure_records, # per-structure records (`glrp.metrics.vol
                    classes=CLASSES, # structure names
                    **meta, # keys added to every record: method, M, fold, seed, precision, ...
                   ) -> list:
-    "One record per volume (patient, phase) with dice_<c>, tp_<c>, n_pred_<c>, n_gt_<c> for every class c, plus `meta`."
+    "One record per volume (patient, phase) with dice_<c>, tp_<c>, n_pred_<c>, n_gt_<c> for every class c (and voxel_ml where the records have it), plus `meta`."
     vols = {}
     for r in structure_records:
         c = r['class']
@@ -40,6 +40,7 @@ def volume_records(structure_records, # per-structure records (`glrp.metrics.vol
         v = vols.setdefault((r['patient'], r['phase']), dict(meta, patient=r['patient'], phase=r['phase']))
         if f'dice_{c}' in v: raise InputError(f"two {c} records for {r['patient']} {r['phase']}")
         v.update({f'dice_{c}': _num(r['dice']), **{f'{k}_{c}': int(float(r[k])) for k in ('tp', 'n_pred', 'n_gt')}})
+        if r.get('voxel_ml') not in (None, ''): v['voxel_ml'] = float(r['voxel_ml'])  # the volume of one voxel, for clinical indices
     for (p, ph), v in vols.items():
         if lacking := [c for c in classes if f'dice_{c}' not in v]: raise InputError(f"{p} {ph}: no record for {lacking}")
     return list(vols.values())

@@ -197,8 +197,8 @@ def test_summaries_count_missed_and_hallucinated():
     with pytest.raises(ValueError, match="not computed with empty_distance='nan'"): summarize(recs(), empty_distance='nan')
     with pytest.raises(ValueError, match="not computed with empty_distance='fov'"): summarize(recs('nan'))
     csv = records_csv(recs()).splitlines()
-    assert csv[0].split(',')[-2:] == ['missing', 'empty'] and 'assd_pooled' in csv[0].split(',')
-    assert [row.split(',')[-1] for row in csv[1:]] == ['missed', 'hallucinated', '', '', '', '', 'missed', '', 'missed']
+    assert csv[0].split(',')[-3:] == ['missing', 'empty', 'voxel_ml'] and 'assd_pooled' in csv[0].split(',')
+    assert [row.split(',')[-2] for row in csv[1:]] == ['missed', 'hallucinated', '', '', '', '', 'missed', '', 'missed']
     md = summary_markdown(s)
     assert '| missed / halluc. |' in md.splitlines()[0] and 'ASSD pooled (mm)' in md.splitlines()[0]
     assert '| ED | RV | 1 |' in md and md.split('| ED | MYO |')[1].splitlines()[0].endswith('| 0 / 1 |')
@@ -341,7 +341,7 @@ def test_evaluate_folder_identical_flat_and_nested(toy):
             assert res['pcl'][ph]['mean'] == 1
         assert res['n_volumes'] == dict(ED=2, ES=2, all=4) and res['missing'] == [] and res['extra'] == []
         out = toy/f'out_{pred}'
-        assert sorted(p.name for p in out.iterdir()) == ['metrics.csv', 'summary.json', 'summary.md']  # no temp files left
+        assert sorted(p.name for p in out.iterdir()) == ['indices.csv', 'metrics.csv', 'summary.json', 'summary.md']  # no temp files left
         rows = (out/'metrics.csv').read_text().splitlines()
         assert rows[0] == ','.join(CSV_COLUMNS) and len(rows) == 1 + 4*3
         assert rows[1].startswith('patient001,1,ED,NOR,RV,1,0,0,0,')
