@@ -17,12 +17,16 @@ from .data import (CLASSES, ACDC_LABELS, MNMS_LABELS, PATIENT_RE, InputError, Da
 from .preprocess import PrepParams, prep_geometry, preprocess, restore, argmax0
 from .train import pick_device, fast_settings, autocast, to_input
 from .inference import read_model, read_crf_params, untuned_crf
+from .clinical import voxel_ml, cardiac_indices, MYO_DENSITY, INDICES, rows_csv
+from .data import read_info, InfoError, write_json
+from .metrics import _jsonable
 
 # %% auto #0
-__all__ = ['NIFTI_SUFFIXES', 'FOVS', 'OUTPUT_LABELS', 'is_nifti', 'nifti_split', 'is_acdc', 'acdc_frames', 'folder_scans',
-           'find_inputs', 'volume_grid', 'tile_starts', 'tile_weight', 'softmax_tiles', 'window_probs', 'heart_centre',
-           'centred_tile', 'network_probs', 'segment_array', 'label_order', 'read_scan', 'SpacingWarning',
-           'spacing_note', 'save_frame_like', 'segment_file', 'crf_choice', 'SegmentResult', 'segment', 'predict_mode']
+__all__ = ['NIFTI_SUFFIXES', 'FOVS', 'OUTPUT_LABELS', 'FRAME_RE', 'is_nifti', 'nifti_split', 'is_acdc', 'acdc_frames',
+           'folder_scans', 'find_inputs', 'volume_grid', 'tile_starts', 'tile_weight', 'softmax_tiles', 'window_probs',
+           'heart_centre', 'centred_tile', 'network_probs', 'segment_array', 'label_order', 'read_scan',
+           'SpacingWarning', 'spacing_note', 'frame_volumes', 'save_frame_like', 'segment_file', 'crf_choice',
+           'SegmentResult', 'segment', 'acdc_phase', 'scan_reports', 'report_markdown', 'write_report', 'predict_mode']
 
 # %% ../nbs/11_segment.ipynb #5e6a0c15
 NIFTI_SUFFIXES = ('.nii.gz', '.nii')
@@ -272,6 +276,15 @@ def spacing_note(spacing:tuple, # (x, y, z) in mm
         if bad: out.append(f"{what} {bad[0]:g} mm is far outside the {r[0]:g}-{r[1]:g} mm the model was trained on")
     return '; '.join(out) + '; the segmentation may be unreliable' if out else None
 
+# %% ../nbs/11_segment.ipynb #c5b4d718
+def frame_volumes(labels:np.ndarray, # (X, Y, Z) output labels of one frame
+                  spacing, # voxel size in mm (x, y, z, ...)
+                  label_map:dict, # output value -> structure
+                 ) -> dict:
+    "Volume in ml of each structure of `label_map` in one frame."
+    ml = voxel_ml(tuple(spacing)[:3])
+    return {s: float((labels == v).sum()) * ml for v, s in sorted(label_map.items())}
+
 # %% ../nbs/11_segment.ipynb #5e6a0c49
 def save_frame_like(array:np.ndarray, # (X, Y, Z) labels of one frame
                     ref_path, # the 4D cine it belongs to
@@ -300,6 +313,7 @@ def segment_file(path, # a 3D volume or 4D cine (.nii, .nii.gz)
                  split_frames:bool=False, # a cine: one 3D file per frame (else one 4D file)
                  save_probs:bool=False, # also write out/probs/NAME.npz
                  taken:set|None=None, # output names already written for other inputs (refused here)
+                 volumes:list|None=None, # when given, a `frame_volumes` entry per frame written is appended to it
                  **kw, # `segment_array`'s fov, crf, overlap, device, fast_cfg, batch, workers
                 ) -> list:
     "Segment one file; the label files written (none when it fails). Warns (`SpacingWarning`) when its spacing is far from the training range."
@@ -320,6 +334,8 @@ def segment_file(path, # a 3D volume or 4D cine (.nii, .nii.gz)
             raise
         labs.append(argmax0(q))
         if save_probs: probs.append(q.astype(np.float16))
+    vols = [dict(input=path.name, output=targets[t if split_frames else 0].name, frame=t + 1 if cine else None,
+                 folder=path.parent, **frame_volumes(lab, spacing, label_map)) for t, lab in enumerate(labs)]
     if cine and not split_frames: labs, probs = [np.stack(labs, -1)], [np.stack(probs, -1)] if probs else []
     names = np.array(['background'] + [label_map[v] for v in range(1, len(perm))])
     for k, target in enumerate(targets):
@@ -328,6 +344,7 @@ def segment_file(path, # a 3D volume or 4D cine (.nii, .nii.gz)
         if save_probs:
             with atomic_path(out/'probs'/f"{nifti_split(target)[0]}.npz") as tmp_:
                 with open(tmp_, 'wb') as fh: np.savez_compressed(fh, probs=probs[k], labels=names)
+    if volumes is not None: volumes += vols
     return targets
 
 # %% ../nbs/11_segment.ipynb #5e6a0c55
@@ -354,6 +371,7 @@ class SegmentResult:
     written: list = field(default_factory=list)  # the label files written
     failed: list = field(default_factory=list)  # a `DataError` per input that failed, naming its file and the problem
     warnings: list = field(default_factory=list)  # warnings about inputs (e.g. spacing far outside the training range), each naming its file
+    report: list = field(default_factory=list)  # a `scan_reports` entry per patient, cine or scan: volumes, EF, mass, flags
 
 def segment(model, # a model folder (`export_model`, `glrp finetune`'s OUT/model), or `read_model`'s (UNet, info)
             inputs, # files and folders (a plain folder of scans, or ACDC layout), or one of them
@@ -386,17 +404,93 @@ def segment(model, # a model folder (`export_model`, `glrp finetune`'s OUT/model
     dev = pick_device(device); fast_cfg = fast_settings(dev, fast)
     net = net.to(dev).eval()
     if fast_cfg['channels_last']: net = net.to(memory_format=torch.channels_last)
-    res = SegmentResult(failed=failed)
+    res, vols = SegmentResult(failed=failed), []
     kw = dict(fov=fov, crf=crf_p, overlap=overlap, device=dev, fast_cfg=fast_cfg, batch=batch, workers=workers or None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         for f in tqdm(files, desc='segment', disable=not progress, leave=False):
-            try: res.written += segment_file(f, out, net, info, labels, split_frames, save_probs, {p.name for p in res.written}, **kw)
+            try: res.written += segment_file(f, out, net, info, labels, split_frames, save_probs, {p.name for p in res.written}, volumes=vols, **kw)
             except DataError as e: res.failed.append(e)
     for w in caught:
         if issubclass(w.category, SpacingWarning): res.warnings.append(str(w.message))
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if vols: res.report = write_report(scan_reports(vols), vols, out)
     return res
+
+# %% ../nbs/11_segment.ipynb #bec037e8
+FRAME_RE = re.compile(r'^(patient\d{3})_frame(\d\d)\.nii(\.gz)?$')
+
+def acdc_phase(path, # a scan file
+              ) -> tuple|None:
+    "(patient, 'ED' or 'ES') of an ACDC frame file whose folder's Info.cfg names it ED or ES; None otherwise (`InfoError` for a bad Info.cfg)."
+    path = Path(path); m = FRAME_RE.match(path.name)
+    if not m or not (path.parent/'Info.cfg').is_file(): return None
+    info, f = read_info(path.parent/'Info.cfg'), int(m[2])
+    return (m[1], 'ED') if f == info['ED'] else (m[1], 'ES') if f == info['ES'] else None
+
+# %% ../nbs/11_segment.ipynb #28e06a98
+def _subject_groups(volumes:list) -> dict:
+    "(kind, subject) -> frame entries: 'acdc' by patient, 'cine' by file, 'scan' by file; an ACDC entry gains its `phase`."
+    groups = {}
+    for v in volumes:
+        try: a = acdc_phase(Path(v['folder'])/v['input']) if v['frame'] is None else None
+        except InfoError as e: a, v = None, dict(v, flag=f"Info.cfg: {e.msg}")
+        key = ('acdc', a[0]) if a else ('cine' if v['frame'] else 'scan', v['input'])
+        groups.setdefault(key, []).append(dict(v, phase=a[1]) if a else v)
+    return groups
+
+def _frame(v) -> dict:
+    "The report's view of one frame entry: file, frame and volumes."
+    return {k: v[k] for k in v if k not in ('folder', 'phase', 'flag', 'input')}
+
+def scan_reports(volumes:list, # `frame_volumes` entries collected by `segment_file`
+                ) -> list:
+    "One entry per patient (ACDC layout), cine or scan: its ED and ES frames, `cardiac_indices` (NaN where they cannot be computed) and flags."
+    out = []
+    for (kind, subject), vs in _subject_groups(volumes).items():
+        if kind == 'acdc': ed, es = (next((v for v in vs if v['phase'] == p), None) for p in ('ED', 'ES'))
+        elif kind == 'cine':  # ED: the largest LV; ES: the smallest of the other frames (none in a one-frame cine)
+            ed = max(vs, key=lambda v: v['LV']); es = min((v for v in vs if v is not ed), key=lambda v: v['LV'], default=None)
+        else: ed, es = vs[0], None
+        idx = cardiac_indices({k: ed[k] for k in CLASSES} if ed else None, {k: es[k] for k in CLASSES} if es else None)
+        flags = [v['flag'] for v in vs if 'flag' in v]
+        if kind == 'scan': idx, flags = {**{k: ed[k] for k in CLASSES}, 'MYO_mass': ed['MYO'] * MYO_DENSITY}, flags + ['one frame: ED/ES unknown, no EF']
+        else: flags = flags + idx.pop('flags')
+        out.append(dict(subject=subject, kind=kind, ED=_frame(ed) if ed and kind != 'scan' else None, ES=_frame(es) if es else None,
+                        indices=idx, flags=flags))
+    return out
+
+# %% ../nbs/11_segment.ipynb #4b0e739d
+def _num(x, d=1): return '–' if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{d}f}"
+
+def report_markdown(reports:list, # from `scan_reports`
+                   ) -> str:
+    "The report as Markdown: volumes (ml), EF (%) and mass (g) per heart, volumes and mass per single scan, flags."
+    hearts, scans = [r for r in reports if r['kind'] != 'scan'], [r for r in reports if r['kind'] == 'scan']
+    lines = ["# Volumes, ejection fraction and mass", ""]
+    if hearts:
+        lines += ["| subject | ED / ES frame | LV EDV | LV ESV | LV EF | RV EDV | RV ESV | RV EF | MYO mass | flags |", "|---" * 10 + "|"]
+        for r in hearts:
+            i, fr = r['indices'], lambda p: (r[p] or {}).get('frame') or (r[p] or {}).get('output', '–')
+            lines.append(f"| {r['subject']} | {fr('ED')} / {fr('ES')} | " + ' | '.join(_num(i[k]) for k in INDICES) + f" | {'; '.join(r['flags'])} |")
+        lines += ["", "Volumes in ml, EF in %, mass in g (myocardium at ED x 1.05 g/ml). A cine's ED and ES are its frames of largest and smallest LV volume.", ""]
+    if scans:
+        lines += ["| scan | RV (ml) | MYO (ml) | LV (ml) | MYO mass (g) |", "|---|---|---|---|---|"]
+        lines += [f"| {r['subject']} | " + ' | '.join(_num(r['indices'][k]) for k in (*CLASSES, 'MYO_mass')) + " |" for r in scans]
+        lines += ["", "A single frame gives volumes and mass only: its phase is unknown, so it has no EF.", ""]
+    return '\n'.join(lines)
+
+def write_report(reports:list, # from `scan_reports`
+                 volumes:list, # the frame entries they came from
+                 out, # the output folder: report.json, report.md, report.csv (one row per frame written)
+                ) -> list:
+    "Write the report beside the label files; returns `reports`."
+    out = Path(out)
+    write_json(_jsonable(reports), out/'report.json')
+    with atomic_path(out/'report.md') as tmp: tmp.write_text(report_markdown(reports))
+    rows = [dict(output=v['output'], input=v['input'], frame=v['frame'] or '', **{f'{c}_ml': float(v[c]) for c in CLASSES}) for v in volumes]
+    with atomic_path(out/'report.csv') as tmp: tmp.write_text(rows_csv(rows))
+    return reports
 
 # %% ../nbs/11_segment.ipynb #5e6a0c63
 def predict_mode(model, # glrp predict's positional argument
