@@ -1,5 +1,5 @@
 "glrp predict MODEL -i INPUT -o OUTPUT: a tiny model trained on the phantom segments renamed scans, cines, off-centre hearts; bad files are named, not fatal."
-import json, shutil, time, contextlib, io
+import csv, json, shutil, time, contextlib, io
 from dataclasses import replace
 from pathlib import Path
 import numpy as np
@@ -64,7 +64,7 @@ def test_renamed_scans_segmented_on_their_grid(trained, renamed):
     t0 = time.time()
     code, out, err = run('predict', model, '-i', scans, '-o', root/'labels', '--no-progress')
     assert code == 0, err
-    assert sorted(p.name for p in (root/'labels').iterdir()) == sorted(gts)
+    assert sorted(p.name for p in (root/'labels').iterdir()) == sorted([*gts, 'report.csv', 'report.json', 'report.md'])
     ds = []
     for name, gt in gts.items():
         ref, lab = nib.load(scans/name), nib.load(root/'labels'/name)
@@ -96,9 +96,18 @@ def test_acdc_layout_names_and_evaluate(trained, tmp_path):
     code, out, err = run('predict', model, '-i', tmp_path/'acdc', '-o', tmp_path/'pred', '--no-progress')
     assert code == 0, err
     want = sorted(p.name for pid in test for p in (tmp_path/'acdc'/'testing'/pid).glob(f'{pid}_frame??.nii.gz'))
-    assert sorted(p.name for p in (tmp_path/'pred').iterdir()) == want and len(want) == 2 * len(test)
-    assert run('evaluate', tmp_path/'pred', tmp_path/'acdc', '--out', tmp_path/'eval')[0] == 0
-    assert json.loads((tmp_path/'eval'/'summary.json').read_text())['pcl']['all']['mean'] > 0.7
+    assert sorted(p.name for p in (tmp_path/'pred').iterdir()) == sorted(want + ['report.csv', 'report.json', 'report.md']) and len(want) == 2 * len(test)
+    code, out, err = run('evaluate', tmp_path/'pred', tmp_path/'acdc', '--out', tmp_path/'eval')
+    assert code == 0 and 'LV EF' in out, err
+    summary = json.loads((tmp_path/'eval'/'summary.json').read_text())
+    assert summary['pcl']['all']['mean'] > 0.7 and summary['indices']['agreement']['LV_EF']['n'] == len(test)
+    # predict's report (Info.cfg's ED/ES) and evaluate's indices.csv measure the same label files: the same EF, volumes and mass
+    report = {r['subject']: r for r in json.loads((tmp_path/'pred'/'report.json').read_text())}
+    rows = {r['patient']: r for r in csv.DictReader(io.StringIO((tmp_path/'eval'/'indices.csv').read_text()))}
+    assert sorted(report) == sorted(rows) == sorted(test) and all(r['kind'] == 'acdc' for r in report.values())
+    for pid in test:
+        for k in ('LV_EDV', 'LV_ESV', 'LV_EF', 'RV_EF', 'MYO_mass'):
+            assert report[pid]['indices'][k] == pytest.approx(float(rows[pid][k]), rel=1e-4), (pid, k)
 
 def test_cine_gives_4d_labels_or_frames(trained, tmp_path):
     "A 4D cine in: a 4D label file on its grid; --split-frames: one 3D file per frame, the same labels; frame 1 (ED) as the 3D ED file's."
@@ -116,7 +125,7 @@ def test_cine_gives_4d_labels_or_frames(trained, tmp_path):
     assert (a4[..., 0] == ed).mean() > 0.999  # the cine's first frame is the ED volume
     assert dice(tmp_path/'o4'/'patient001_frame01.nii.gz', load_label(pdir/'patient001_frame01_gt.nii.gz')[0]).mean() > 0.6
     assert run('predict', model, '-i', tmp_path/'cine.nii.gz', '-o', tmp_path/'o3', '--split-frames', '--no-fast', '--no-progress')[0] == 0
-    assert sorted(p.name for p in (tmp_path/'o3').iterdir()) == ['cine_t01.nii.gz', 'cine_t02.nii.gz', 'cine_t03.nii.gz']
+    assert sorted(p.name for p in (tmp_path/'o3').iterdir()) == ['cine_t01.nii.gz', 'cine_t02.nii.gz', 'cine_t03.nii.gz', 'report.csv', 'report.json', 'report.md']
     for t in range(3):
         f = nib.load(tmp_path/'o3'/f'cine_t{t + 1:02d}.nii.gz')
         assert f.shape == ref.shape[:3] and np.allclose(f.affine, ref.affine) and f.header.get_zooms() == ref.header.get_zooms()[:3]
@@ -162,7 +171,7 @@ def test_bad_files_among_good_ones(trained, renamed, tmp_path):
     assert len(lines) == len(bad)
     for name, why in bad.items(): assert any(str(d/name) in l and why in l for l in lines), (name, why)
     assert '7 input(s) failed' in err
-    assert sorted(p.name for p in (tmp_path/'out').iterdir()) == sorted(p.name for p in scans.iterdir())  # good ones only, no temporaries
+    assert sorted(p.name for p in (tmp_path/'out').iterdir()) == sorted([p.name for p in scans.iterdir()] + ['report.csv', 'report.json', 'report.md'])  # good ones only, no temporaries
 
 def test_empty_or_no_nifti_folder(trained, tmp_path):
     root, model, _ = trained
@@ -264,7 +273,7 @@ def test_never_overwrites_the_scans_or_another_output(trained, renamed, tmp_path
     (tmp_path/'other').mkdir(); shutil.copy(scans/'Subject 12.nii.gz', tmp_path/'other'/'scan7.nii.gz')
     code, out, err = run('predict', model, '-i', scans/'scan7.nii.gz', '-i', tmp_path/'other'/'scan7.nii.gz', '-o', tmp_path/'o', '--no-progress')
     assert code == 2 and f"{tmp_path/'other'/'scan7.nii.gz'}: its output scan7.nii.gz is already written for another input" in err, err
-    assert [p.name for p in (tmp_path/'o').iterdir()] == ['scan7.nii.gz']
+    assert sorted(p.name for p in (tmp_path/'o').iterdir()) == ['report.csv', 'report.json', 'report.md', 'scan7.nii.gz']
 
 def test_predict_help_lists_both_forms(capsys):
     with pytest.raises(SystemExit): main(['predict', '--help'])
