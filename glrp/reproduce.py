@@ -22,18 +22,21 @@ from .inference import predict
 from .crf import CRFParams, tune_crf
 from .metrics import evaluate_folder
 from .stats import METHOD_ORDER, UNIFORM_KEYS, method_key, volume_records, summary_table, stats_markdown, plot_dice_vs_M, plot_paired
+from .stats import PAIRS, compare, holm
+from .clinical import voxel_ml, patient_indices, agreement
 
 # %% auto #0
 __all__ = ['PCL_CODE', 'METHOD_PLANS', 'PATH_PARAMS', 'RECORD_PATHS', 'NOT_PARAMETERS', 'PAPER', 'ABLATION_DEFAULT',
            'PROFILE_DEFAULTS', 'PROFILES', 'RUN_FIELDS', 'METHOD_FIELDS', 'NET_FIELDS', 'SECTIONS', 'SETTINGS',
-           'CSV_FIELDS', 'STATS_FIGURES', 'CURVE_FIELDS', 'REPRO_MODULES', 'canonical_json', 'short_hash', 'file_lock',
-           'experiment_data', 'split_folders', 'experiment_manifest', 'testing_manifest', 'method_plan',
-           'pretraining_protocol', 'pretraining_folder', 'pretrained_encoder', 'finetuned_model', 'validation_crf',
-           'evaluation', 'markdown_rows', 'read_log', 'relative_path', 'resolve_path', 'notebook_parameters',
-           'result_record', 'write_result', 'Experiment', 'section_settings', 'load_profile', 'experiment_settings',
-           'experiments', 'NotebookError', 'Interrupted', 'check_parameters_cell', 'notebooks_folder', 'result_path',
-           'is_done', 'to_run', 'papermill_json', 'run_notebook', 'descendants', 'stop_tree', 'result_rows',
-           'results_csv', 'main_table_markdown', 'ablation_markdown', 'paired_records', 'paired_markdown',
+           'CSV_FIELDS', 'STATS_FIGURES', 'CLINICAL_COLUMNS', 'CURVE_FIELDS', 'REPRO_MODULES', 'canonical_json',
+           'short_hash', 'file_lock', 'experiment_data', 'split_folders', 'experiment_manifest', 'testing_manifest',
+           'method_plan', 'pretraining_protocol', 'pretraining_folder', 'pretrained_encoder', 'finetuned_model',
+           'validation_crf', 'evaluation', 'markdown_rows', 'read_log', 'relative_path', 'resolve_path',
+           'notebook_parameters', 'result_record', 'write_result', 'Experiment', 'section_settings', 'load_profile',
+           'experiment_settings', 'experiments', 'NotebookError', 'Interrupted', 'check_parameters_cell',
+           'notebooks_folder', 'result_path', 'is_done', 'to_run', 'papermill_json', 'run_notebook', 'descendants',
+           'stop_tree', 'result_rows', 'results_csv', 'main_table_markdown', 'ablation_markdown', 'paired_records',
+           'paired_markdown', 'with_voxel_volumes', 'run_indices', 'clinical_tables', 'clinical_markdown',
            'results_markdown', 'curve_rows', 'curves_markdown', 'planned_numerics', 'check_numerics', 'emulated_bf16',
            'check_repro_installed', 'stop_children_on_signal', 'reproduce']
 
@@ -677,11 +680,87 @@ def paired_markdown(out, # the reproduction's output folder
     return md + (f"\nFigures of these numbers, drawn next to this file by `glrp reproduce`: `{STATS_FIGURES[0]}` (pooled Dice against M per method, the t interval over folds "
                  f"as a band) and `{STATS_FIGURES[1]}` (each test patient's difference per pair, with the mean and its CI).\n")
 
+# %% ../nbs/09_reproduce.ipynb #ed3a04cd
+CLINICAL_COLUMNS = ('LV_EF', 'RV_EF', 'LV_EDV', 'MYO_mass')  # the indices of the report's agreement table
+
+def with_voxel_volumes(records:list, # per-volume records (`paired_records`)
+                       out, # the reproduction's output folder (its result JSONs name their data's hash)
+                       data=None, # the data folder the results were made from; gives voxel volumes the records lack
+                      ) -> list:
+    "The records, each with `voxel_ml`: their own, or from `data`'s headers (older results); [] when some lack it and no data is given."
+    if all('voxel_ml' in r for r in records): return records
+    if data is None: return []
+    pats = index_acdc(data); h = data_hash(pats)
+    for p in sorted(Path(out).glob('main_table/*/result.json')):
+        if (rh := json.loads(p.read_text()).get('data_hash')) and rh != h:
+            raise DataError(p, f"made from other data (hash {rh[:12]}) than {data} ({h[:12]}): its voxel volumes cannot be read there")
+    vox = {(p.id, f.phase): voxel_ml(f.spacing) for p in pats for f in p.frames}
+    missing = sorted({(r['patient'], r['phase']) for r in records if 'voxel_ml' not in r} - set(vox))
+    if missing: raise DataError(data, f"no {missing[0][0]} {missing[0][1]} frame for the results' voxel volumes")
+    return [r if 'voxel_ml' in r else dict(r, voxel_ml=vox[(r['patient'], r['phase'])]) for r in records]
+
+# %% ../nbs/09_reproduce.ipynb #74a161c7
+def _nanmean(x) -> float:
+    x = np.asarray(x, float); x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else math.nan
+
+def run_indices(records:list, # per-volume records with voxel_ml (`with_voxel_volumes`)
+                indices=CLINICAL_COLUMNS, # which indices
+               ) -> tuple:
+    "({(method, M, fold, patient): {index: prediction, mean over seeds}}, {(fold, patient): {index: ground truth}})."
+    runs, pred, truth = {}, {}, {}
+    for r in records: runs.setdefault((r['method'], r['M'], r['fold'], r.get('seed', 0)), []).append(r)
+    for (m, M, f, s), rs in runs.items():
+        pi, gi = patient_indices(rs, 'pred'), patient_indices(rs, 'gt')
+        for p in pi: pred.setdefault((m, M, f, p), []).append(pi[p]); truth[(f, p)] = {i: gi[p][i] for i in indices}
+    return {k: {i: _nanmean([v[i] for v in vs]) for i in indices} for k, vs in pred.items()}, truth
+
+# %% ../nbs/09_reproduce.ipynb #f7fa86f3
+def clinical_tables(records:list, # per-volume records with voxel_ml
+                    indices=CLINICAL_COLUMNS, # agreement columns
+                    pairs=PAIRS, # method pairs compared on the absolute EF error
+                    n_boot:int=10_000, # bootstrap resamples
+                   ) -> dict:
+    "{'agreement': a row per (M, method) with `agreement` per index; 'pairs': `compare` of |EF error| per pair, M and EF, Holm-adjusted}."
+    pred, truth = run_indices(records, indices)
+    err = lambda k, i: abs(pred[k][i] - truth[(k[2], k[3])][i])
+    rows = []
+    for M, m in sorted({k[:2][::-1] for k in pred}, key=lambda x: (x[0], method_key(x[1]))):
+        ks = [k for k in pred if k[:2] == (m, M)]
+        rows.append(dict(M=M, method=m, n=len(ks), **{i: agreement([pred[k][i] for k in ks], [truth[(k[2], k[3])][i] for k in ks]) for i in indices}))
+    have = {(k[1], k[0]) for k in pred}
+    tests = [compare({k: err(k, i) for k in pred}, a, b, M, n_boot=n_boot) | dict(index=i)
+             for M in sorted({k[1] for k in pred}) for a, b in pairs if (M, a) in have and (M, b) in have for i in ('LV_EF', 'RV_EF')]
+    for t, p in zip(tests, holm([t['p'] for t in tests])): t['p_holm'] = p
+    return dict(agreement=rows, pairs=tests)
+
+# %% ../nbs/09_reproduce.ipynb #d4f8ad68
+def clinical_markdown(tables:dict, # from `clinical_tables`
+                     ) -> str:
+    "The agreement table (r, bias and limits per index) and the paired |EF error| table as Markdown."
+    f = lambda x, d=1: '–' if not math.isfinite(x) else f"{x:+.{d}f}"
+    a = lambda g: f"{g['r']:.3f}" if math.isfinite(g['r']) else '–'
+    cols = [i for i in CLINICAL_COLUMNS if tables['agreement'] and i in tables['agreement'][0]]
+    out = ["| M | method | patients | " + ' | '.join(f"{i.replace('_', ' ')} r | bias [limits]" for i in cols) + " |", "|---" * (3 + 2 * len(cols)) + "|"]
+    for r in tables['agreement']:
+        out.append(f"| {r['M']} | {r['method']} | {r['n']} | " + ' | '.join(f"{a(r[i])} | {f(r[i]['bias'])} [{f(r[i]['loa_low'])}, {f(r[i]['loa_high'])}]" for i in cols) + " |")
+    out += ["", "EF in percentage points, LV EDV in ml, mass in g; bias = prediction − ground truth, limits = bias ± 1.96 sd (Bland-Altman); "
+            "each patient's prediction averaged over seeds. A patient whose prediction has no EF (an absent or degenerate ventricle) is left out of that index.", ""]
+    if tables['pairs']:
+        p = lambda x: '< 0.001' if x < 0.001 else f"{x:.3f}"
+        out += ["| M | pair | index | mean Δ|error| [95% CI] | p | Holm p |", "|---|---|---|---|---|---|"]
+        out += [f"| {t['M']} | {t['a']} − {t['b']} | {t['index'].replace('_', ' ')} | {f(t['mean'], 2)} [{f(t['lo'], 2)}, {f(t['hi'], 2)}] | {p(t['p'])} | {p(t['p_holm'])} |"
+                for t in tables['pairs']]
+        out += ["", "Δ|error|: a's absolute EF error minus b's, per test patient (negative: a measures EF closer to the ground truth); "
+                "CI: bootstrap over patients within folds; p: Wilcoxon; Holm over this table.", ""]
+    return '\n'.join(out)
+
 # %% ../nbs/09_reproduce.ipynb #7deaf5c9
 def results_markdown(rows:list, # from `result_rows`
                      meta:dict, # profile name, data, device, wall times, provenance (from the runner)
                      paired:str='', # the paired-difference tables (`paired_markdown`)
                      curves:str='', # the fine-tuning runs' validation curves (`curves_markdown`)
+                     clinical:str='', # the clinical indices' tables (`clinical_markdown`)
                     ) -> str:
     "RESULTS.md: the tables and their provenance."
     sw = meta.get('software', {})
@@ -693,6 +772,7 @@ def results_markdown(rows:list, # from `result_rows`
     t = main_table_markdown(rows, 'testing')
     if t: out += ["## ACDC testing/ (models trained on training/ only)", "", t, ""]
     if paired: out += ["## Paired differences (test patients, no CRF)", "", paired, ""]
+    if clinical: out += ["## Clinical indices (test patients, no CRF)", "", clinical, ""]
     if curves: out += ["## Validation curves (fine-tuning)", "", "Pooled validation Dice, the last validation pass by each tenth of a run's steps, "
                        "mean over the seeds; every pass of every run in `curves.csv`.", "", curves.strip(), ""]
     a = ablation_markdown(rows)
@@ -880,7 +960,9 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
     if curves := curve_rows(out):  # the experiment folders are here: their validation curves
         with atomic_path(out/'curves.csv') as t_: Path(t_).write_text(results_csv(curves, CURVE_FIELDS))
     elif (out/'curves.csv').is_file(): curves = list(csv.DictReader((out/'curves.csv').read_text().splitlines()))  # committed results alone: their curves
-    report = results_markdown(rows, meta, paired_markdown(out, figures=True, embed=not data), curves_markdown(curves) if curves else '')
+    clin = with_voxel_volumes(paired_records(out), out, data)
+    report = results_markdown(rows, meta, paired_markdown(out, figures=True, embed=not data), curves_markdown(curves) if curves else '',
+                              clinical_markdown(clinical_tables(clin)) if clin else '')
     with atomic_path(out/'RESULTS.md') as t_: Path(t_).write_text(report)
     write_json(dict(meta, profile_settings=prof, failed=failed, ran=ran), out/'reproduce.json')
     return dict(failed=failed, ran=ran, skipped=[e.label for e in exps if e not in todo], results=out/'results.csv', report=out/'RESULTS.md')
