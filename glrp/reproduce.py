@@ -707,13 +707,13 @@ def _nanmean(x) -> float:
 def run_indices(records:list, # per-volume records with voxel_ml (`with_voxel_volumes`)
                 indices=CLINICAL_COLUMNS, # which indices
                ) -> tuple:
-    "({(method, M, fold, patient): {index: prediction, mean over seeds}}, {(fold, patient): {index: ground truth}})."
+    "({(method, M, fold, seed, patient): {index: prediction}}, {(fold, patient): {index: ground truth}}): one model's numbers per run."
     runs, pred, truth = {}, {}, {}
     for r in records: runs.setdefault((r['method'], r['M'], r['fold'], r.get('seed', 0)), []).append(r)
     for (m, M, f, s), rs in runs.items():
         pi, gi = patient_indices(rs, 'pred'), patient_indices(rs, 'gt')
-        for p in pi: pred.setdefault((m, M, f, p), []).append(pi[p]); truth[(f, p)] = {i: gi[p][i] for i in indices}
-    return {k: {i: _nanmean([v[i] for v in vs]) for i in indices} for k, vs in pred.items()}, truth
+        for p in pi: pred[(m, M, f, s, p)] = {i: pi[p][i] for i in indices}; truth[(f, p)] = {i: gi[p][i] for i in indices}
+    return pred, truth
 
 # %% ../nbs/09_reproduce.ipynb #f7fa86f3
 def clinical_tables(records:list, # per-volume records with voxel_ml
@@ -721,15 +721,19 @@ def clinical_tables(records:list, # per-volume records with voxel_ml
                     pairs=PAIRS, # method pairs compared on the absolute EF error
                     n_boot:int=10_000, # bootstrap resamples
                    ) -> dict:
-    "{'agreement': a row per (M, method) with `agreement` per index; 'pairs': `compare` of |EF error| per pair, M and EF, Holm-adjusted}."
+    "{'agreement': per (M, method), `agreement` per index over every run's test patients; 'pairs': `compare` of each patient's absolute EF error (mean over seeds), Holm-adjusted}."
     pred, truth = run_indices(records, indices)
-    err = lambda k, i: abs(pred[k][i] - truth[(k[2], k[3])][i])
     rows = []
     for M, m in sorted({k[:2][::-1] for k in pred}, key=lambda x: (x[0], method_key(x[1]))):
         ks = [k for k in pred if k[:2] == (m, M)]
-        rows.append(dict(M=M, method=m, n=len(ks), **{i: agreement([pred[k][i] for k in ks], [truth[(k[2], k[3])][i] for k in ks]) for i in indices}))
+        rows.append(dict(M=M, method=m, n=len(ks), patients=len({k[2:5:2] for k in ks}),
+                         **{i: agreement([pred[k][i] for k in ks], [truth[(k[2], k[4])][i] for k in ks]) for i in indices}))
+    def err(i):  # {(method, M, fold, patient): |prediction − truth|, mean over seeds}
+        e = {}
+        for k, v in pred.items(): e.setdefault((k[0], k[1], k[2], k[4]), []).append(abs(v[i] - truth[(k[2], k[4])][i]))
+        return {k: _nanmean(x) for k, x in e.items()}
     have = {(k[1], k[0]) for k in pred}
-    tests = [compare({k: err(k, i) for k in pred}, a, b, M, n_boot=n_boot) | dict(index=i)
+    tests = [compare(err(i), a, b, M, n_boot=n_boot) | dict(index=i)
              for M in sorted({k[1] for k in pred}) for a, b in pairs if (M, a) in have and (M, b) in have for i in ('LV_EF', 'RV_EF')]
     for t, p in zip(tests, holm([t['p'] for t in tests])): t['p_holm'] = p
     return dict(agreement=rows, pairs=tests)
@@ -741,17 +745,17 @@ def clinical_markdown(tables:dict, # from `clinical_tables`
     f = lambda x, d=1: '–' if not math.isfinite(x) else f"{x:+.{d}f}"
     a = lambda g: f"{g['r']:.3f}" if math.isfinite(g['r']) else '–'
     cols = [i for i in CLINICAL_COLUMNS if tables['agreement'] and i in tables['agreement'][0]]
-    out = ["| M | method | patients | " + ' | '.join(f"{i.replace('_', ' ')} r | bias [limits]" for i in cols) + " |", "|---" * (3 + 2 * len(cols)) + "|"]
+    out = ["| M | method | patients x seeds | " + ' | '.join(f"{i.replace('_', ' ')} r | bias [limits]" for i in cols) + " |", "|---" * (3 + 2 * len(cols)) + "|"]
     for r in tables['agreement']:
-        out.append(f"| {r['M']} | {r['method']} | {r['n']} | " + ' | '.join(f"{a(r[i])} | {f(r[i]['bias'])} [{f(r[i]['loa_low'])}, {f(r[i]['loa_high'])}]" for i in cols) + " |")
+        out.append(f"| {r['M']} | {r['method']} | {r['patients']} x {r['n'] // max(r['patients'], 1)} | " + ' | '.join(f"{a(r[i])} | {f(r[i]['bias'])} [{f(r[i]['loa_low'])}, {f(r[i]['loa_high'])}]" for i in cols) + " |")
     out += ["", "EF in percentage points, LV EDV in ml, mass in g; bias = prediction − ground truth, limits = bias ± 1.96 sd (Bland-Altman); "
-            "each patient's prediction averaged over seeds. A patient whose prediction has no EF (an absent or degenerate ventricle) is left out of that index.", ""]
+            "over every model's test patients (each seed a model of its own). A patient whose prediction has no EF (an absent or degenerate ventricle) is left out of that index.", ""]
     if tables['pairs']:
         p = lambda x: '< 0.001' if x < 0.001 else f"{x:.3f}"
-        out += ["| M | pair | index | mean Δ|error| [95% CI] | p | Holm p |", "|---|---|---|---|---|---|"]
+        out += ["| M | pair | index | mean Δ abs. error [95% CI] | p | Holm p |", "|---|---|---|---|---|---|"]
         out += [f"| {t['M']} | {t['a']} − {t['b']} | {t['index'].replace('_', ' ')} | {f(t['mean'], 2)} [{f(t['lo'], 2)}, {f(t['hi'], 2)}] | {p(t['p'])} | {p(t['p_holm'])} |"
                 for t in tables['pairs']]
-        out += ["", "Δ|error|: a's absolute EF error minus b's, per test patient (negative: a measures EF closer to the ground truth); "
+        out += ["", "Δ abs. error: a's absolute EF error minus b's per test patient, each the mean over seeds (negative: a measures EF closer to the ground truth); "
                 "CI: bootstrap over patients within folds; p: Wilcoxon; Holm over this table.", ""]
     return '\n'.join(out)
 

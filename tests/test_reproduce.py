@@ -290,6 +290,17 @@ def test_committed_study_results():
     gp = {int(M): d.lstrip('+') for M, d in re.findall(r'\| (\d+) \| glrp − pcl \| [^|]+ \| ([+-]\d\.\d{3}) \|', paired)}
     found = [l for l in readme.splitlines() if l.startswith('What it found so far')]
     assert len(found) == 1 and f"GLRP leads PCL by {gp[6]} with 6 labeled patients and by {gp[10]}" in found[0], (gp, found)  # README's summary
+    clinical = report.split('## Clinical indices (test patients, no CRF)', 1)[1].split('\n## ', 1)[0]
+    agree, pairs = [b.strip() for b in clinical.split('\n\n') if b.strip().startswith('|')]
+    assert agree in readme and agree.count('\n| ') == 12  # the agreement table, every method and M
+    ef = {m: (float(r), float(lo), float(hi)) for m, r, lo, hi in re.findall(r'\| 10 \| ([\w-]+) \| [^|]+ \| (\d\.\d{3}) \| [+-]\d+\.\d \[([+-]\d+\.\d), ([+-]\d+\.\d)\]', agree)}
+    bullet = next(l for l in reading.splitlines() if l.startswith('- **Dice differences do not show'))
+    rs, half = [v[0] for v in ef.values()], [(v[2] - v[1]) / 2 for v in ef.values()]
+    assert len(ef) == 4 and f"r {min(rs):.2f}-{max(rs):.2f}" in bullet and f"±{min(half):.0f} to ±{max(half):.0f} points" in bullet, (ef, bullet)
+    prow = {tuple(num(x) for x in m) for m in re.findall(r'\| ([+-]\d+\.\d\d) \[([+-]\d+\.\d\d), ([+-]\d+\.\d\d)\] \|', pairs)}
+    quoted = {tuple(num(x) for x in m) for m in re.findall(r'([+−-]\d+\.\d\d) points \[([+−-]\d+\.\d\d), ([+−-]\d+\.\d\d)\]', bullet)}
+    holm = [float(l.split('|')[-2].strip().replace('< 0.001', '0')) for l in pairs.splitlines()[2:]]  # each row's last column
+    assert quoted and quoted <= prow and len(holm) == 24 and f"smallest adjusted p {min(holm):.3f}" in bullet, (quoted, holm[:3])
     commits = {r['software']['git_commit'] for r in recs.values()}
     assert len(commits) == 1 and not next(iter(commits)).endswith('+dirty'), commits  # one pinned, clean commit
     assert {(r['numerics']['precision'], r['numerics']['cpu_capability']) for r in recs.values()} == {('bf16', 'AVX512')}
