@@ -57,7 +57,7 @@ def _distance(v:str):
 _distance.__name__ = 'distance'
 
 def cmd_evaluate(args) -> int:
-    "Evaluate NIfTI predictions against ACDC-layout ground truth; write metrics.csv, summary.json, summary.md."
+    "Evaluate NIfTI predictions against ACDC-layout ground truth; write metrics.csv, summary.json, summary.md and indices.csv (volumes, EF, mass per patient)."
     import warnings
     with warnings.catch_warnings(record=True) as ws:
         warnings.simplefilter('always')
@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt)
     s.add_argument('pred', type=Path, help='predictions patientXXX_frameYY.nii.gz (flat or in patientXXX/ folders)')
     s.add_argument('gt', type=Path, help='ground truth in ACDC layout')
-    s.add_argument('--out', type=Path, default=None, help='folder for metrics.csv, summary.json, summary.md')
+    s.add_argument('--out', type=Path, default=None, help='folder for metrics.csv, summary.json, summary.md, indices.csv')
     s.add_argument('--missing', choices=['error', 'empty', 'skip'], default='error',
                    help="a missing prediction is an error, is evaluated as empty, or is left out ('skip': e.g. only the test fold was predicted)")
     s.add_argument('--label-map', choices=sorted(LABEL_MAPS), default='acdc', help='label order of both folders')
