@@ -108,6 +108,9 @@ def test_end_to_end(tiny):
     n_test = len(recs['main_table/random-M2-fold0']['evaluations'][0]['summary']['volumes']) // 2
     assert main['numerics']['precision'] in ('fp32', 'bf16') and main['numerics']['cpu_capability']
     assert '## Paired differences' in md and f"| 2 | glrp − random | {n_test} (1) |" in md, md.split('## Paired differences')[-1][:1500]
+    vols = [v for e in main['evaluations'] for v in e['summary']['volumes']]
+    assert vols and all(v['voxel_ml'] > 0 for v in vols)  # the result JSON alone gives the clinical indices
+    assert '## Clinical indices' in md and f"| 2 | glrp | {n_test} x 1 |" in md and '| 2 | glrp − random | LV EF |' in md, md.split('## Clinical')[-1][:1500]
     for f in recs['figures/figures']['figures']:
         assert (out/'figures/figures'/f).stat().st_size > 1000
         assert f"figures/figures/{f}" in md
