@@ -66,5 +66,11 @@ def _markdown_docstring(app, what, name, obj, options, lines):
     out.append(_rst_escape(text[pos:]))
     lines[:] = ''.join(out).split('\n')
 
+# Sphinx rereads every source when a config value marked 'env' changes, not when code here (the hook above) or in
+# docs/build.py changes: their hash as such a value makes an edit of either rebuild the whole site.
+import hashlib
+docs_code_hash = hashlib.sha256(b''.join((ROOT/'docs'/f).read_bytes() for f in ('conf.py', 'build.py'))).hexdigest()
+
 def setup(app):
+    app.add_config_value('docs_code_hash', '', 'env')
     app.connect('autodoc-process-docstring', _markdown_docstring)
