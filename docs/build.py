@@ -3,7 +3,8 @@
 1. Stage the sources in _proc/docs/ (git-ignored): a copy of each notebook with nbdev's cell directives turned into
    myst-nb cell tags (`#| hide` and `#| default_exp` cells removed, `#| export` code folded behind a toggle), one API
    page per module of glrp/ (sphinx autodoc), and a hidden table of contents appended to the home page (nbs/index.ipynb).
-   Files whose content did not change are not rewritten, so Sphinx rebuilds only what changed.
+   Files whose content did not change are not rewritten, so Sphinx rebuilds only what changed; when a notebook or module
+   is gone, _docs/ is built afresh (Sphinx would keep its old page).
 2. Run Sphinx with the configuration in docs/conf.py; any Sphinx warning fails the build.
 """
 import json, re, shutil, subprocess, sys
@@ -69,12 +70,14 @@ def stage():
            '```{toctree}\n:hidden:\n:caption: Reference\n\napi/index\n```\n')
     index['cells'] = [convert_cell(c) for c in index['cells']] + [dict(cell_type='markdown', metadata={}, source=toc)]
     write(SRC/'index.ipynb', json.dumps(index, indent=1, ensure_ascii=False) + '\n', written)
-    for p in list(SRC.rglob('*')):  # a notebook or module removed since the last build: its staged copy goes too
-        if p.is_file() and p not in written: p.unlink()
+    removed = [p for p in SRC.rglob('*') if p.is_file() and p not in written]
+    for p in removed: p.unlink()  # a notebook or module removed since the last build: its staged copy goes too
+    return removed
 
 
 def main():
-    stage()
+    if stage():  # Sphinx leaves the pages of removed sources in place: a page removed means a clean build
+        shutil.rmtree(OUT, ignore_errors=True)
     cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-q', '-W', '--keep-going', '-c', str(ROOT/'docs'), '-d', str(DOCTREES), str(SRC), str(OUT)]
     sys.exit(subprocess.run(cmd, cwd=ROOT).returncode)
 
