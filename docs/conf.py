@@ -26,6 +26,9 @@ exclude_patterns = ['**/.ipynb_checkpoints']
 nb_execution_mode = 'off'
 nb_merge_streams = True
 nb_output_stderr = 'show'
+# text/markdown outputs (IPython's Markdown(...), e.g. 12_stats' tables) as MyST, with tables; myst-nb's default,
+# CommonMark, has none and shows a table as a paragraph of pipes
+nb_render_markdown_format = 'myst'
 # myst-nb copies each notebook into <output folder's parent>/jupyter_execute, here the repository root: keep it in _proc/
 # (an absolute path survives its Path.joinpath; .gitignore also names /jupyter_execute/ should a myst-nb change undo this)
 import myst_nb.sphinx_ext

@@ -6,7 +6,8 @@ Each page is loaded with `chromium --dump-dom`; the server adds a small script t
 the page's load event writes what the browser saw into the DOM: the title, the first heading, each <img> whose
 naturalWidth is 0 (missing or broken), and on the search page the number of results. A page fails when the server
 answers 404, when a figure saved in the notebook is missing or broken, when its heading is not the notebook's title,
-or when it shows an error marker of docutils/Sphinx (system messages, problematic references) or of http.server.
+when it shows an error marker of docutils/Sphinx (system messages, problematic references) or of http.server, or
+when Markdown is left raw outside code (a table's |---| row, a code fence).
 A Python traceback is fine where the notebook has it saved; one that the notebook does not hold fails.
 The API pages (one per module) are read over HTTP without the browser: each must document at least one object.
 
@@ -58,6 +59,8 @@ window.addEventListener('load', () => {
 ERRORS = re.compile(r'class="[^"]*\b(system-message|problematic)\b|<title>Error response</title>|Error code: 404|'
                     r'Page not found|autodoc: failed|class="[^"]*\badmonition error\b')
 TRACEBACK = 'Traceback (most recent call last)'
+# Markdown left raw outside code: a table's delimiter row (|---| or, after smart quotes, |—|), a code fence
+RAW_MARKDOWN = re.compile(r'\|\s*:?(?:-{3,}|—+):?\s*\||^\s*```', re.M)
 
 
 class Handler(SimpleHTTPRequestHandler):
@@ -125,6 +128,8 @@ def check_page(url, nb_path):
     dom, seen = browse(url)
     assert not seen['broken'], f'{url}: missing or broken images {seen["broken"]}'
     assert not (m := ERRORS.search(dom)), f'{url}: error marker {m.group(0)!r} in the page'
+    text = re.sub(r'<(pre|code)\b.*?</\1>', '', dom, flags=re.S)
+    assert not (m := RAW_MARKDOWN.search(text)), f'{url}: raw Markdown {text[max(m.start() - 80, 0):m.end() + 80]!r}'
     title, figures, tracebacks = saved(nb_path)
     assert seen['images'] >= figures, f'{url}: {seen["images"]} images for the {figures} figures saved in {nb_path.name}'
     assert dom.count(TRACEBACK) <= tracebacks, f'{url}: a traceback that {nb_path.name} does not hold'
