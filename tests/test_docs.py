@@ -30,7 +30,7 @@ missing = [m for m in DOCS_EXTRA if importlib.util.find_spec(m) is None]
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f'{CHROMIUM} absent (Debian: apt-get install -y chromium)'),
     pytest.mark.skipif(bool(missing), reason=f'the [docs] extra is not installed ({", ".join(missing)} missing): run make docs'),
-    pytest.mark.timeout(150),  # an incremental build takes seconds, a first one well under a minute, each page a second or two
+    pytest.mark.timeout(120),  # per test, the build included: an incremental one takes seconds, a page a second or two
 ]
 
 # docs/build.py, by path (PyPI's `build` may be importable as `build`): the notebooks in page order, the modules, and
