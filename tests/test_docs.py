@@ -10,6 +10,7 @@ when it shows an error marker of docutils/Sphinx (system messages, problematic r
 when Markdown is left raw outside code (a table's |---| row, a code fence).
 A Python traceback is fine where the notebook has it saved; one that the notebook does not hold fails.
 The API pages (one per module) are read over HTTP without the browser: each must document at least one object.
+Every relative link or source of every page must lead to a file of the site.
 
 Skipped, saying why, without /usr/bin/chromium (`apt-get install chromium`) or without the [docs] extra (`make docs`).
 """
@@ -164,3 +165,14 @@ def test_api_pages(site):
         page = fetch(f'{site}/api/{m}.html')
         assert 'class="py ' in page, f'api/{m}.html documents no object (autodoc could not import glrp.{m}?)'
         assert not (e := ERRORS.search(page)), f'api/{m}.html: error marker {e.group(0)!r}'
+
+
+def test_internal_links(site):
+    "Every relative link and source (pages, figures, scripts, styles) of every page leads to a file of the site."
+    broken = set()
+    for page in DOCS.rglob('*.html'):
+        for ref in re.findall(r'(?:href|src)="([^"]+)"', page.read_text(encoding='utf-8')):
+            path = html.unescape(ref).split('#')[0].split('?')[0]
+            if path and not re.match(r'^[a-z][a-z0-9+.-]*:|^/', path) and not (page.parent/path).exists():
+                broken.add(f'{page.relative_to(DOCS)} -> {ref}')
+    assert not broken, f'{len(broken)} broken links: {sorted(broken)[:20]}'
