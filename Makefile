@@ -14,11 +14,12 @@ RUN    ?= runs/smoke
 # second experiment by ~1.7x (bench/train.py --f 8 --size 64; smoke 371 s with 1 job, 214 s with 2, 2 idle cores)
 JOBS   ?= 2
 
-.PHONY: venv reproduce test readme export clean-nbs help
+.PHONY: venv reproduce test readme docs export clean-nbs help
 
 help:
 	@echo "make reproduce   # set up .venv, run the main job on the synthetic phantom"
 	@echo "make test        # set up .venv, check notebooks/package/README are in sync, run pytest"
+	@echo "make docs        # install the [docs] extra, build the documentation site into _docs/ (notebooks not run)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,3 +57,13 @@ test: venv
 # README.md is generated from nbs/index.ipynb (Quarto, which nbdev_readme needs, is not installable offline).
 readme: venv
 	$(BIN)/jupyter nbconvert --log-level=WARN --to markdown nbs/index.ipynb --output-dir . --output README
+
+# The documentation site, built into _docs/ from the saved outputs of nbs/*.ipynb (not executed): Sphinx with myst-nb,
+# configured in docs/conf.py, sources staged by docs/build.py in _proc/docs/. Open _docs/index.html; tests/test_docs.py checks it.
+$(VENV)/.docs-installed: $(VENV)/.installed settings.ini setup.py
+	$(BIN)/python -m pip install -q $(PIP_EXTRA) -e ".[dev,docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	OMP_NUM_THREADS=1 $(BIN)/python docs/build.py
+	@echo "== the site: _docs/index.html =="

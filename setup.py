@@ -2,7 +2,8 @@
 
 `pip install glrp` gives the package and its command line (data, training, prediction, CRF, metrics);
 `pip install "glrp[repro]"` adds what `glrp reproduce` needs (papermill, a kernel, matplotlib);
-`pip install -e ".[dev]"` adds nbdev and the test tools on top of the reproduction.
+`pip install -e ".[dev]"` adds nbdev and the test tools on top of the reproduction;
+`pip install -e ".[docs]"` adds what `make docs` needs to build the documentation site.
 """
 from configparser import ConfigParser
 import setuptools
@@ -19,6 +20,7 @@ else: license_meta, license_classifiers = dict(license=lic[0]), ['License :: ' +
 requirements = cfg.get('requirements', '').split()
 repro_requirements = cfg.get('repro_requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
+docs_requirements = cfg.get('docs_requirements', '').split()
 min_python = cfg['min_python']
 # settings.ini leaves these empty while the project has no public homepage or contact address: no made-up metadata.
 optional = {k: v for k, v in dict(url=cfg.get('git_url', '').strip(), author_email=cfg.get('author_email', '').strip()).items() if v}
@@ -40,7 +42,7 @@ setuptools.setup(
     package_data={'glrp.repro': ['*.ipynb']},
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'repro': repro_requirements, 'dev': repro_requirements + dev_requirements},
+    extras_require={'repro': repro_requirements, 'dev': repro_requirements + dev_requirements, 'docs': docs_requirements},
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
