@@ -289,7 +289,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'glrp.reproduce._groups': ('reproduce.html#_groups', 'glrp/reproduce.py'),
                                 'glrp.reproduce._light': ('reproduce.html#_light', 'glrp/reproduce.py'),
                                 'glrp.reproduce._ms': ('reproduce.html#_ms', 'glrp/reproduce.py'),
-                                'glrp.reproduce._nanmean': ('reproduce.html#_nanmean', 'glrp/reproduce.py'),
                                 'glrp.reproduce._run_paths': ('reproduce.html#_run_paths', 'glrp/reproduce.py'),
                                 'glrp.reproduce._say': ('reproduce.html#_say', 'glrp/reproduce.py'),
                                 'glrp.reproduce._signal_all': ('reproduce.html#_signal_all', 'glrp/reproduce.py'),

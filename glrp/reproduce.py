@@ -22,7 +22,7 @@ from .inference import predict
 from .crf import CRFParams, tune_crf
 from .metrics import evaluate_folder
 from .stats import METHOD_ORDER, UNIFORM_KEYS, method_key, volume_records, summary_table, stats_markdown, plot_dice_vs_M, plot_paired
-from .stats import PAIRS, compare, holm
+from .stats import PAIRS, compare, holm, _mean
 from .clinical import voxel_ml, patient_indices, agreement
 
 # %% auto #0
@@ -700,10 +700,6 @@ def with_voxel_volumes(records:list, # per-volume records (`paired_records`)
     return [r if 'voxel_ml' in r else dict(r, voxel_ml=vox[(r['patient'], r['phase'])]) for r in records]
 
 # %% ../nbs/09_reproduce.ipynb #74a161c7
-def _nanmean(x) -> float:
-    x = np.asarray(x, float); x = x[np.isfinite(x)]
-    return float(x.mean()) if len(x) else math.nan
-
 def run_indices(records:list, # per-volume records with voxel_ml (`with_voxel_volumes`)
                 indices=CLINICAL_COLUMNS, # which indices
                ) -> tuple:
@@ -731,7 +727,7 @@ def clinical_tables(records:list, # per-volume records with voxel_ml
     def err(i):  # {(method, M, fold, patient): |prediction − truth|, mean over seeds}
         e = {}
         for k, v in pred.items(): e.setdefault((k[0], k[1], k[2], k[4]), []).append(abs(v[i] - truth[(k[2], k[4])][i]))
-        return {k: _nanmean(x) for k, x in e.items()}
+        return {k: _mean(x) for k, x in e.items()}
     have = {(k[1], k[0]) for k in pred}
     tests = [compare(err(i), a, b, M, n_boot=n_boot) | dict(index=i)
              for M in sorted({k[1] for k in pred}) for a, b in pairs if (M, a) in have and (M, b) in have for i in ('LV_EF', 'RV_EF')]
