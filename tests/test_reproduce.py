@@ -254,12 +254,12 @@ def test_profiles():
 
 
 def test_committed_cpu_results():
-    "results/cpu (the cpu profile on real ACDC): CSV and report agree with the result JSONs; README shows the same table; numbers only."
+    "results/cpu (the cpu profile on real ACDC): CSV and report agree with the result JSONs; results/cpu/README.md shows the same table; numbers only."
     res = Path(__file__).resolve().parent.parent/'results'/'cpu'
     recs = results(res)
     assert {r['method'] for r in recs.values()} == {'random', 'simclr', 'gcl', 'pcl', 'glrp-global', 'glrp'}
     check_tables_agree(res, recs)
-    readme = (res.parent.parent/'README.md').read_text()
+    readme = (res/'README.md').read_text()  # the archived page of the cpu profile
     assert main_table_section((res/'RESULTS.md').read_text()) in readme
     files = [p for p in res.rglob('*') if p.is_file()]
     assert all(p.suffix in ('.json', '.csv', '.md') for p in files), files  # no images, no NIfTI, no figures
@@ -268,12 +268,12 @@ def test_committed_cpu_results():
 
 
 def test_committed_study_results():
-    "results/study (the study profile on real ACDC): CSV and report agree with the result JSONs; README shows the same tables; one clean commit, one precision, the profile's settings; numbers only."
+    "results/study (the study profile on real ACDC): CSV and report agree with the result JSONs; results/study/README.md shows the same tables; one clean commit, one precision, the profile's settings; numbers only."
     res = Path(__file__).resolve().parent.parent/'results'/'study'
     recs = results(res)
     assert recs and {r['method'] for r in recs.values()} <= set(PROFILES['study']['methods'])
     check_tables_agree(res, recs)
-    report, readme = (res/'RESULTS.md').read_text(), (res.parent.parent/'README.md').read_text()
+    report, readme, front = (res/'RESULTS.md').read_text(), (res/'README.md').read_text(), (res.parent.parent/'README.md').read_text()
     assert main_table_section(report) in readme
     paired = report.split('## Paired differences', 1)[1].split('\n## ', 1)[0]
     tables = [b.strip() for b in paired.split('\n\n') if b.strip().startswith('|')]
@@ -291,7 +291,7 @@ def test_committed_study_results():
               for m in re.findall(r'([+−-]\d\.\d{3}) \[([+−-]\d\.\d{3}), ([+−-]\d\.\d{3})\]', line)]
     assert len(rows) == 12 and len(quoted) >= 10 and set(quoted) <= rows, set(quoted) - rows  # every interval README's verdict and reading quote is a row of the table
     gp = {int(M): d.lstrip('+') for M, d in re.findall(r'\| (\d+) \| glrp − pcl \| [^|]+ \| ([+-]\d\.\d{3}) \|', paired)}
-    found = [l for l in readme.splitlines() if l.startswith('What it found so far')]
+    found = [l for l in front.splitlines() if l.startswith('What it found so far')]  # the front page's summary
     assert len(found) == 1 and f"GLRP leads PCL by {gp[6]} with 6 labeled patients and by {gp[10]}" in found[0], (gp, found)  # README's summary
     clinical = report.split('## Clinical indices (test patients, no CRF)', 1)[1].split('\n## ', 1)[0]
     agree, pairs = [b.strip() for b in clinical.split('\n\n') if b.strip().startswith('|')]
