@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['AugParams', 'random_affine', 'identity_affine', 'gaussian_kernel1d', 'random_displacement', 'apply_geometry',
-           'apply_intensity', 'augment', 'two_views', 'augment_pair']
+           'apply_intensity', 'augment', 'two_views', 'augment_pair', 'paste_box', 'paste', 'teacher_noise']
 
 # %% ../nbs/03_augment.ipynb #ba19f10c
 @dataclass
@@ -236,3 +236,35 @@ def augment_pair(img:Tensor, # [B, 1, H, W] images
         oh = F.one_hot(lbl.long(), C).permute(0, 3, 1, 2).float()
         lab = apply_geometry(oh, theta, 'bilinear', size, disp, padding).argmax(1)
     return out, lab.to(lbl.dtype)
+
+# %% ../nbs/03_augment.ipynb #21959e19
+def paste_box(n:int, # slices
+              size:tuple, # (H, W)
+              box:float=2/3, # side of the box as a fraction of each image side
+              generator:torch.Generator|None=None, # source of randomness
+             ) -> Tensor:
+    "[n, H, W] float masks: 1 inside a random box of round(box x H) x round(box x W) pixels, 0 outside."
+    if not 0 < box <= 1: raise ValueError(f"paste_box: box must be in (0, 1], got {box}")
+    H, W = size; h, w = max(1, round(box * H)), max(1, round(box * W))
+    y0 = torch.randint(0, H - h + 1, (n,), generator=generator); x0 = torch.randint(0, W - w + 1, (n,), generator=generator)
+    ys, xs = torch.arange(H), torch.arange(W)
+    iny = (ys[None] >= y0[:, None]) & (ys[None] < (y0 + h)[:, None]); inx = (xs[None] >= x0[:, None]) & (xs[None] < (x0 + w)[:, None])
+    return (iny[:, :, None] & inx[:, None, :]).float()
+
+def paste(outside:Tensor, # [B, 1, H, W] images or [B, H, W] labels
+          inside:Tensor, # the same shape: what the box shows
+          box:Tensor, # [B, H, W] from `paste_box`
+         ) -> Tensor:
+    "`inside` within the box, `outside` elsewhere (labels stay integers)."
+    m = box.to(outside.device)
+    if outside.ndim == 4: m = m[:, None]
+    out = outside * (1 - m) + inside * m
+    return out.to(outside.dtype) if not outside.is_floating_point() else out
+
+# %% ../nbs/03_augment.ipynb #3e51dd1b
+def teacher_noise(x:Tensor, # [B, C, H, W] images
+                  sd:float=0.1, # standard deviation of the noise
+                  generator:torch.Generator|None=None, # source of randomness
+                 ) -> Tensor:
+    "`x` plus Gaussian noise of standard deviation `sd`, clipped to ±2 sd."
+    return x + (_draw(torch.randn, tuple(x.shape), generator, x.device) * sd).clamp(-2 * sd, 2 * sd).to(x.dtype)

@@ -11,7 +11,7 @@ from .data import ACDC_LABELS, MNMS_LABELS
 from .data import InputError, DataError, index_acdc
 from .check import check_dataset, checked_index
 from .synthetic import write_phantom
-from .partition import make_manifest, write_manifest, manifest_summary
+from .partition import PROTOCOLS, make_manifest, write_manifest, manifest_summary
 from .metrics import evaluate_folder, summary_markdown
 from .train import PretrainConfig, FinetuneConfig, field_help, pretrain, finetune, DivergenceError
 from .inference import PREDICT_ROLES, predict, export_model
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--val', type=int, default=10, help='validation patients per fold')
     s.add_argument('--stratify', action='store_true', help='stratify folds and validation by group')
     s.add_argument('--partitions', type=int, default=4, help='partitions S per volume (GCL)')
-    s.add_argument('--protocol', choices=['glrp', 'pcl'], default='glrp', help="'pcl' reproduces PCL's fold and sampling seeds")
+    s.add_argument('--protocol', choices=PROTOCOLS, default='glrp', help="'pcl' reproduces PCL's fold and sampling seeds; 'ssl4mis' is the semi-supervised literature's fixed 70/10/20 split (--labeled 3 or 7; --folds, --seed, --val unused)")
     s.add_argument('--pool-includes-test', action='store_true', help="put the test fold's images in the unlabeled pool")
     s.set_defaults(func=cmd_partition)
 

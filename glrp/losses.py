@@ -5,13 +5,15 @@
 # %% ../nbs/05_losses.ipynb #24684e5e
 from __future__ import annotations
 import math
+import numpy as np
 import torch
 from torch import Tensor
 import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['METHODS', 'contrastive_loss', 'simclr_weights', 'gcl_weights', 'glrp_weights', 'pcl_weights', 'positive_weights',
-           'region_boxes', 'region_masks', 'region_features', 'pool_regions', 'local_loss', 'soft_dice', 'seg_loss']
+           'region_boxes', 'region_masks', 'region_features', 'pool_regions', 'local_loss', 'soft_dice', 'seg_loss',
+           'consistency_loss', 'sigmoid_rampup', 'region_seg_loss', 'mix_loss', 'pseudo_labels']
 
 # %% ../nbs/05_losses.ipynb #90bafe67
 def contrastive_loss(feats:Tensor, # [N, V, d] embeddings: N slices x V views (V = 2 here)
@@ -208,3 +210,65 @@ def seg_loss(logits:Tensor, # [B, C, H, W] logits
         dice = soft_dice(logits, target, smooth=smooth, batch_dice=batch_dice).mean()  # checks the shapes
         ce = F.cross_entropy(logits.float(), target.long())
         return ce_weight*ce + dice_weight*(1 - dice)
+
+# %% ../nbs/05_losses.ipynb #7a31c87a
+def consistency_loss(student:Tensor, # [B, C, H, W] logits of the student
+                     teacher:Tensor, # [B, C, H, W] logits of the teacher (no gradient flows into it)
+                    ) -> Tensor:
+    "Mean squared difference of the two softmax maps (SSL4MIS's `softmax_mse_loss`, averaged over every element)."
+    if student.shape != teacher.shape: raise ValueError(f"consistency_loss: shapes differ, {tuple(student.shape)} vs {tuple(teacher.shape)}")
+    with torch.autocast(device_type=student.device.type, enabled=False):
+        return (student.float().softmax(1) - teacher.detach().float().softmax(1)).pow(2).mean()
+
+# %% ../nbs/05_losses.ipynb #c41834cb
+def sigmoid_rampup(step:int, # the current step
+                   length:int, # steps of the ramp; 0: no ramp (1 from the start)
+                  ) -> float:
+    "exp(-5 (1 - t)^2) with t = step / length clipped to [0, 1]."
+    if length <= 0: return 1.0
+    t = min(max(step / length, 0.), 1.)
+    return float(math.exp(-5. * (1. - t) ** 2))
+
+# %% ../nbs/05_losses.ipynb #063ca898
+def region_seg_loss(logits:Tensor, # [B, C, H, W] logits
+                    target:Tensor, # [B, H, W] integer labels
+                    region:Tensor, # [B, H, W] 1 where the loss counts, 0 elsewhere
+                    ce_weight:float=1.0, dice_weight:float=1.0, # as in `seg_loss`
+                    smooth:float=1e-5, # Dice smoothing term
+                   ) -> Tensor:
+    "ce_weight x cross-entropy over the region + dice_weight x (1 - mean foreground soft Dice of the region's pixels), batch pooled."
+    if region.shape != target.shape: raise ValueError(f"region_seg_loss: region {tuple(region.shape)} and target {tuple(target.shape)} differ")
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        w = region.float()
+        ce = (F.cross_entropy(logits.float(), target.long(), reduction='none') * w).sum() / (w.sum() + 1e-16)
+        prob = logits.float().softmax(1)[:, 1:] * w[:, None]
+        onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float() * w[:, None]
+        dice = (2 * (prob * onehot).sum((0, 2, 3)) + smooth) / (prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + smooth)
+        return ce_weight * ce + dice_weight * (1 - dice.mean())
+
+# %% ../nbs/05_losses.ipynb #d9c3edf9
+def mix_loss(logits:Tensor, # [B, C, H, W] logits of mixed slices
+             outside:Tensor, # [B, H, W] target of the pixels outside the box
+             inside:Tensor, # [B, H, W] target of the pixels inside the box
+             box:Tensor, # [B, H, W] 1 inside the pasted box
+             w_outside:float=1.0, w_inside:float=1.0, # weights of the two parts
+             ce_weight:float=1.0, dice_weight:float=1.0, # as in `seg_loss`
+            ) -> Tensor:
+    "w_outside x `region_seg_loss` outside the box + w_inside x `region_seg_loss` inside it."
+    return (w_outside * region_seg_loss(logits, outside, 1 - box, ce_weight, dice_weight)
+            + w_inside * region_seg_loss(logits, inside, box, ce_weight, dice_weight))
+
+# %% ../nbs/05_losses.ipynb #00a7c3f6
+def pseudo_labels(logits:Tensor, # [B, C, H, W] teacher logits
+                  largest:bool=True, # keep each foreground class's largest 4-connected component per slice
+                 ) -> Tensor:
+    "[B, H, W] integer labels: the argmax, optionally cleaned to one component per class and slice (on the logits' device)."
+    lab = logits.argmax(1)
+    if not largest: return lab
+    from scipy import ndimage
+    a = lab.cpu().numpy()
+    for i in range(a.shape[0]):
+        for c in range(1, logits.shape[1]):
+            comp, n = ndimage.label(a[i] == c)
+            if n > 1: a[i][(comp > 0) & (comp != 1 + np.bincount(comp.ravel())[1:].argmax())] = 0
+    return torch.from_numpy(a).to(logits.device)

@@ -11,17 +11,17 @@ import numpy as np
 from .data import InputError, DataError, MissingFileError, ShapeError, Patient, Frame, Source, index_acdc, data_hash, provenance, atomic_path
 
 # %% auto #0
-__all__ = ['FORMAT', 'FORMAT_VERSION', 'PROTOCOLS', 'SLICE_RULES', 'PARTITION_EPS', 'MANIFEST_KEYS', 'PARAM_KEYS', 'PATIENT_KEYS',
-           'VOLUME_KEYS', 'FOLD_KEYS', 'ROLES', 'PartitionError', 'ManifestError', 'slice_positions', 'partition_index',
-           'pcl_chunk', 'slice_partitions', 'kfold_test_sets', 'pcl_folds', 'glrp_folds', 'draw_patients',
-           'pcl_labeled', 'volume_record', 'patient_volumes', 'make_manifest', 'manifest_json', 'portable_root',
-           'resolve_root', 'write_manifest', 'check_volume', 'check_fold', 'validate_manifest', 'read_manifest',
-           'fold_volumes', 'slice_table', 'manifest_root', 'manifest_summary']
+__all__ = ['FORMAT', 'FORMAT_VERSION', 'PROTOCOLS', 'SLICE_RULES', 'PARTITION_EPS', 'SSL4MIS_ACDC', 'MANIFEST_KEYS', 'PARAM_KEYS',
+           'PATIENT_KEYS', 'VOLUME_KEYS', 'FOLD_KEYS', 'ROLES', 'PartitionError', 'ManifestError', 'slice_positions',
+           'partition_index', 'pcl_chunk', 'slice_partitions', 'kfold_test_sets', 'pcl_folds', 'glrp_folds',
+           'draw_patients', 'pcl_labeled', 'volume_record', 'patient_volumes', 'ssl4mis_roles', 'make_manifest',
+           'manifest_json', 'portable_root', 'resolve_root', 'write_manifest', 'check_volume', 'check_fold',
+           'validate_manifest', 'read_manifest', 'fold_volumes', 'slice_table', 'manifest_root', 'manifest_summary']
 
 # %% ../nbs/02_partition.ipynb #15963eee
 FORMAT = 'glrp.partition'  # the `format` field of every manifest
 FORMAT_VERSION = 2  # bumped whenever the manifest's keys or their meaning change (2: `root` relative to the manifest's folder, `params.slice_rule`)
-PROTOCOLS = ('glrp', 'pcl')
+PROTOCOLS = ('glrp', 'pcl', 'ssl4mis')  # this project's folds, PCL's folds, or the semi-supervised literature's fixed split
 SLICE_RULES = ('glrp', 'pcl')  # slice positions and partitions: this project's, or those of PCL's code
 
 class PartitionError(InputError):
@@ -198,6 +198,31 @@ def _fold_roles(fold, test, ids, groups, labelable, *, val, labeled, seed, label
     train = [i for i in nontest if i not in vl]
     return vl, train, lab
 
+# %% ../nbs/02_partition.ipynb #99f45035
+SSL4MIS_ACDC = dict(  # SSL4MIS data/ACDC: train.list, val.list, test.list; labeled = the patients of the first 68 / 136 slices of train_slices.list
+    train=[3, 4, 5, 6, 9, 10, 12, 14, 15, 16, 17, 18, 20, 21, 23, 25, 26, 27, 29, 31, 32, 34, 35, 36, 37, 38, 40, 41, 42, 43, 44, 46, 47, 48, 49,
+           50, 51, 53, 54, 55, 56, 57, 58, 60, 61, 62, 63, 67, 69, 70, 71, 72, 73, 74, 76, 77, 79, 86, 88, 89, 90, 91, 92, 94, 95, 96, 97, 98, 99, 100],
+    val=[2, 19, 28, 30, 39, 45, 78, 82, 85, 87],
+    test=[1, 7, 8, 11, 13, 22, 24, 33, 52, 59, 64, 65, 66, 68, 75, 80, 81, 83, 84, 93],
+    labeled={3: [38, 50, 99], 7: [21, 38, 49, 50, 58, 99, 100]})
+
+# %% ../nbs/02_partition.ipynb #9fd9bf8b
+def ssl4mis_roles(ids:list, # the patient ids of the dataset
+                  labeled:int, # M: 3, 7, or more (the 7 and a draw from the other train patients)
+                  label_seed:int=1234, # seed of that draw
+                 ) -> dict:
+    "{'test', 'val', 'train', 'labeled'}: sorted patient ids of the SSL4MIS split of ACDC's training patients."
+    pid = lambda ns: [f'patient{n:03d}' for n in ns]
+    roles = {k: pid(SSL4MIS_ACDC[k]) for k in ('test', 'val', 'train')}
+    missing = sorted(set().union(*roles.values()) - set(ids))
+    if missing: raise PartitionError(f"protocol 'ssl4mis' splits ACDC's training patients 001-100; the dataset lacks {len(missing)}: {', '.join(missing[:5])}")
+    if labeled in SSL4MIS_ACDC['labeled']: lab = pid(SSL4MIS_ACDC['labeled'][labeled])
+    elif 7 < labeled <= len(roles['train']):
+        rest = [i for i in roles['train'] if i not in pid(SSL4MIS_ACDC['labeled'][7])]
+        lab = pid(SSL4MIS_ACDC['labeled'][7]) + draw_patients(rest, [''] * len(rest), labeled - 7, np.random.default_rng([label_seed, 0, 1]))
+    else: raise PartitionError(f"protocol 'ssl4mis' labels 3, 7 or 8-70 patients (the 7 and a draw), not {labeled}")
+    return roles | dict(labeled=sorted(lab))
+
 # %% ../nbs/02_partition.ipynb #363f1b68
 def make_manifest(patients, # `Patient`s from `index_acdc`, or a dataset folder to index
                   *,
@@ -208,7 +233,7 @@ def make_manifest(patients, # `Patient`s from `index_acdc`, or a dataset folder 
                   val:int|float=10, # validation patients per fold: a count, or a fraction in (0, 1) of the non-test patients
                   stratify:bool=False, # balance groups across folds, validation and labeled patients ('glrp' only)
                   partitions:int=4, # GCL partitions S per volume
-                  protocol:str='glrp', # 'glrp' (numpy default_rng) or 'pcl' (PCL's KFold and random.sample seeds)
+                  protocol:str='glrp', # 'glrp' (numpy default_rng), 'pcl' (PCL's KFold and random.sample seeds) or 'ssl4mis' (one fixed fold; `folds`, `seed`, `val`, `stratify` unused)
                   pool_includes_test:bool=False, # put the test fold's images in the unlabeled pool (transductive)
                   slice_rule:str|None=None, # slice positions and partitions: 'glrp' or 'pcl'; None: the protocol's
                   root=None, # the data folder, kept absolute (default: `patients` if a folder); the file records it relative to itself
@@ -216,7 +241,7 @@ def make_manifest(patients, # `Patient`s from `index_acdc`, or a dataset folder 
                  ) -> dict:
     "The partition manifest of `patients`: K folds, validation, M labeled patients, unlabeled pool, slice positions and partitions."
     if protocol not in PROTOCOLS: raise PartitionError(f"unknown protocol {protocol!r}; expected one of {', '.join(map(repr, PROTOCOLS))}")
-    rule = _check_rule(protocol if slice_rule is None else slice_rule)
+    rule = _check_rule(('pcl' if protocol == 'pcl' else 'glrp') if slice_rule is None else slice_rule)
     if isinstance(patients, (str, os.PathLike)):
         root = str(patients) if root is None else root
         patients = index_acdc(patients)
@@ -225,15 +250,22 @@ def make_manifest(patients, # `Patient`s from `index_acdc`, or a dataset folder 
     if not ids: raise PartitionError("no patients to partition")
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup: raise PartitionError(f"duplicate patient ids: {', '.join(dup)}")
-    k = _check_int('folds', folds, 2)
+    k = 1 if protocol == 'ssl4mis' else _check_int('folds', folds, 2)
     if k > len(ids): raise PartitionError(f"folds={k} is larger than the number of patients ({len(ids)})")
     m = _check_int('labeled', labeled, 0)
     S = _check_int('partitions', partitions, 1)
     if protocol == 'pcl' and stratify: raise PartitionError("protocol 'pcl' reproduces PCL's unstratified KFold; use protocol='glrp' to stratify")
-    tests = pcl_folds(len(ids), k, seed) if protocol == 'pcl' else glrp_folds(groups, k, seed, stratify)
+    if protocol == 'ssl4mis' and pool_includes_test: raise PartitionError("protocol 'ssl4mis' keeps its test patients out of the pool")
+    tests = pcl_folds(len(ids), k, seed) if protocol == 'pcl' else [] if protocol == 'ssl4mis' else glrp_folds(groups, k, seed, stratify)
     labelable = {p.id for p in patients if len(p.frames) == 2 and all(fr.label is not None for fr in p.frames)}
     volumes = [v for p in patients for v in patient_volumes(p, S, rule)]
     fold_recs = []
+    if protocol == 'ssl4mis':  # one fold; the pool is the train patients' volumes (never a validation or test patient's)
+        r = ssl4mis_roles(ids, m, label_seed)
+        bad = sorted(set(r['labeled']) - labelable)
+        if bad: raise PartitionError(f"labeled patient(s) {', '.join(bad)} lack an ED or ES label")
+        val, stratify = len(r['val']), False
+        fold_recs.append(dict(fold=0, **r, pool=[v['name'] for v in volumes if v['patient'] in set(r['train'])]))
     for f, t in enumerate(tests):
         test = [ids[i] for i in t]
         vl, train, lab = _fold_roles(f, set(test), ids, groups, labelable, val=val, labeled=m, seed=seed, label_seed=label_seed,
@@ -387,15 +419,15 @@ def read_manifest(path, # a manifest JSON file
 # %% ../nbs/02_partition.ipynb #c5520394
 def fold_volumes(m:dict, # a manifest
                  fold:int, # fold number
-                 role:str='pool', # 'pool', or the labeled volumes of 'test', 'val', 'train', 'labeled' patients
+                 role:str='pool', # 'pool', 'unlabeled', or the labeled volumes of 'test', 'val', 'train', 'labeled' patients
                 ) -> list:
-    "Volume records of `role` in `fold`: the unlabeled pool, or the labeled ED/ES volumes of that role's patients."
-    if role not in ROLES: raise PartitionError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    "Volume records of `role` in `fold`: the pool; 'unlabeled', the pool's volumes of train patients not labeled (semi-supervised training's); or the labeled ED/ES volumes of that role's patients."
+    if role not in ROLES + ('unlabeled',): raise PartitionError(f"unknown role {role!r}; expected one of {', '.join(ROLES + ('unlabeled',))}")
     if not 0 <= fold < len(m['folds']): raise PartitionError(f"fold {fold} out of range (the manifest has {len(m['folds'])} folds)")
     f = m['folds'][fold]
-    if role == 'pool':
-        names = set(f['pool'])
-        return [v for v in m['volumes'] if v['name'] in names]
+    if role in ('pool', 'unlabeled'):
+        names, pats = set(f['pool']), set(f['train']) - set(f['labeled'])
+        return [v for v in m['volumes'] if v['name'] in names and (role == 'pool' or v['patient'] in pats)]
     pats = set(f[role])
     return [v for v in m['volumes'] if v['patient'] in pats and v['labeled']]
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #0710618e
 from __future__ import annotations
-import os, csv, io, json, math, time, random, inspect, re, warnings, pickle, argparse
+import os, copy, csv, io, json, math, time, random, inspect, re, warnings, pickle, argparse
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import numpy as np
@@ -18,24 +18,27 @@ from .cache import load_case, preprocess_dataset
 from .partition import read_manifest, fold_volumes, slice_positions, slice_partitions, manifest_root
 from .unet import NORMS, UNet, load_pretrained, WeightMismatchError, is_pcl_state_dict, pcl_config, load_pcl, read_pcl
 from .losses import METHODS, contrastive_loss, positive_weights, local_loss, region_features, seg_loss
+from .losses import consistency_loss, sigmoid_rampup, region_seg_loss, mix_loss, pseudo_labels
 from .metrics import pooled_dice
-from .augment import AugParams, two_views, augment_pair
+from .augment import AugParams, two_views, augment_pair, augment, paste_box, paste, teacher_noise
 from . import distributed as gdist
 
 # %% auto #0
-__all__ = ['STAGES', 'SLICE_RULES', 'PRECISIONS', 'RESUME_FREE', 'ConfigError', 'DivergenceError', 'PretrainConfig',
-           'FinetuneConfig', 'field_help', 'volume_source', 'slice_meta', 'SliceDataset', 'cine_subset', 'load_slices',
-           'epoch_batches', 'pick_device', 'bf16_supported', 'fast_settings', 'numerics', 'autocast', 'to_input',
-           'rng_state', 'set_rng_state', 'save_checkpoint', 'read_weights', 'nonfinite_tensors', 'load_checkpoint',
-           'check_checkpoint', 'clean_stale_temporaries', 'write_log', 'relative_to', 'run_paths', 'recorded_path',
-           'run_inputs', 'run_record', 'ProjNet', 'method_kwargs', 'pretrain_phases', 'phase_of', 'set_phase',
-           'set_train_mode', 'pretrain_loss', 'warmup_cosine', 'check_step', 'Stage', 'fit', 'Pretraining', 'pretrain',
-           'predict_probs', 'spacing_range', 'Finetuning', 'finetune']
+__all__ = ['STAGES', 'SLICE_RULES', 'PRECISIONS', 'SEMI', 'RESUME_FREE', 'SEMI_LOSSES', 'ConfigError', 'DivergenceError',
+           'PretrainConfig', 'FinetuneConfig', 'field_help', 'volume_source', 'slice_meta', 'SliceDataset',
+           'cine_subset', 'load_slices', 'epoch_batches', 'pick_device', 'bf16_supported', 'fast_settings', 'numerics',
+           'autocast', 'to_input', 'rng_state', 'set_rng_state', 'save_checkpoint', 'read_weights', 'nonfinite_tensors',
+           'load_checkpoint', 'check_checkpoint', 'clean_stale_temporaries', 'write_log', 'relative_to', 'run_paths',
+           'recorded_path', 'run_inputs', 'run_record', 'ProjNet', 'method_kwargs', 'pretrain_phases', 'phase_of',
+           'set_phase', 'set_train_mode', 'pretrain_loss', 'warmup_cosine', 'check_step', 'Stage', 'fit', 'Pretraining',
+           'pretrain', 'predict_probs', 'spacing_range', 'Finetuning', 'finetune', 'teacher_rate', 'ema_update',
+           'SemiSupervised', 'mean_teacher_loss', 'bcp_loss']
 
 # %% ../nbs/06_train.ipynb #fec7c4d1
 STAGES = ('global', 'local', 'global+local', 'joint')
 SLICE_RULES = ('manifest', 'glrp', 'pcl')  # where the slice positions and GCL partitions of pretraining come from
 PRECISIONS = ('auto', 'fp32', 'bf16')  # autocast of the fast path
+SEMI = (None, 'mean-teacher', 'bcp')  # fine-tuning's semi-supervised methods (None: labeled slices only)
 
 class ConfigError(InputError):
     "A setting that cannot run (named, with the value and what is allowed); raised before any data is read."
@@ -58,6 +61,18 @@ def _check_aug(aug, kind:str):
     _check(not unknown, f"unknown aug key(s) {', '.join(unknown)}; AugParams fields are {', '.join(sorted(names))}")
     try: getattr(AugParams, kind)(**aug)
     except (TypeError, ValueError) as e: raise ConfigError(f"aug: {e}") from None
+
+def _check_semi(c):
+    "The semi-supervised settings of a `FinetuneConfig`."
+    _check(c.semi in SEMI, f"semi must be one of {', '.join(map(str, SEMI))}, not {c.semi!r}")
+    _check(c.semi != 'bcp' or c.batch >= 2, f"semi 'bcp' pastes half of a batch into the other half: batch must be >= 2, got {c.batch}")
+    _check(c.epoch_steps is None or c.epoch_steps >= 1, f"epoch_steps must be >= 1 or None, got {c.epoch_steps}")
+    _check(c.unlabeled_batch is None or c.unlabeled_batch >= 1, f"unlabeled_batch must be >= 1 or None, got {c.unlabeled_batch}")
+    _check(c.cine_frames is None or c.cine_frames >= 0, f"cine_frames must be >= 0 or None, got {c.cine_frames}")
+    for name, lo, hi in (('ema', 0, 1), ('rampup', 0, 1), ('labeled_phase', 0, 1), ('box', 0, 1)):
+        v = getattr(c, name)
+        _check(_finite(v) and lo <= v <= hi and (name != 'box' or v > 0), f"{name} must be in {'(' if name == 'box' else '['}{lo}, {hi}], got {v}")
+    for name in ('consistency', 'noise', 'u_weight'): _check(_finite(getattr(c, name)) and getattr(c, name) >= 0, f"{name} must be a finite number >= 0, got {getattr(c, name)}")
 
 def _check_common(c):
     "The checks shared by both configs: sizes, counts, learning rate, augmentation."
@@ -170,6 +185,18 @@ class FinetuneConfig(_Config):
     dice_weight: float = 1.0  # weight of the soft Dice loss
     val_every: int = 1  # validate every this many epochs (and after the last); 0: every epochs // 10 epochs, ten or more times per run (for `steps`, whose epochs depend on M)
     aug: dict = field(default_factory=dict)  # overrides of AugParams.finetune() (JSON on the command line)
+    epoch_steps: int|None = None  # at least this many steps per epoch (the labeled slices drawn again): fewer checkpoints and log rows at small M; None: one pass
+    semi: str|None = None  # semi-supervised training on the fold's unlabeled slices: 'mean-teacher' or 'bcp' (bidirectional copy-paste); None: labeled slices only
+    unlabeled_batch: int|None = None  # semi: unlabeled slices per step, over all processes; None: batch
+    cine_frames: int|None = None  # semi: cine frames per unlabeled patient, evenly spread over the cycle; None: every frame
+    ema: float = 0.99  # semi: after each step teacher = a x teacher + (1 - a) x student, a = min(ema, 1 - 1 / (t + 1)) at the teacher's step t (SSL4MIS, BCP: 0.99)
+    consistency: float = 0.1  # mean-teacher: weight of the consistency loss after its ramp-up (SSL4MIS: 0.1)
+    rampup: float = 1.0  # mean-teacher: fraction of the steps over which that weight rises as a sigmoid (SSL4MIS: the whole run)
+    noise: float = 0.1  # mean-teacher: sd of the noise on the teacher's input, clipped at 2 sd (SSL4MIS: 0.1)
+    u_weight: float = 0.5  # bcp: weight of the unlabeled parts of the mixed slices (BCP's alpha: 0.5)
+    box: float = 2/3  # bcp: side of the pasted box, as a fraction of the image side (BCP: 2/3)
+    labeled_phase: float = 0.25  # bcp: fraction of the steps that paste labeled slices into each other before the teacher starts (BCP's pre-training: 10,000 of 40,000)
+    largest_component: bool = True  # bcp: keep each class's largest connected component of the teacher's pseudo-labels (BCP on ACDC)
     seed: int = 0  # seed of weights, sampling and augmentation
     device: str = 'auto'  # cpu, cuda or auto
     fast: bool = True  # channels_last + bf16 autocast where the hardware supports it
@@ -189,6 +216,7 @@ class FinetuneConfig(_Config):
         for name in ('ce_weight', 'dice_weight'): _check(_finite(getattr(self, name)) and getattr(self, name) >= 0, f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         _check(self.ce_weight + self.dice_weight > 0, "ce_weight and dice_weight are both 0: nothing to train")
         _check_aug(self.aug, 'finetune')
+        _check_semi(self)
 
 # %% ../nbs/06_train.ipynb #2de9a323
 def field_help(cls) -> dict:
@@ -623,7 +651,11 @@ class Stage:
     def tag(self) -> dict: return {}  # extra leading fields of an epoch's log row (pretraining: its phase)
     def resume(self, ck:dict): pass  # take what else the checkpoint `ck` holds (optimiser, best epoch, ...)
     def begin_epoch(self, epoch:int): raise NotImplementedError  # set self.net, self.opt, self.sched, self.params and train mode
+    def batches(self, epoch:int) -> list:  # this process's index tensors of the epoch's steps
+        c, i = self.cfg, self.info
+        return epoch_batches(len(self.ds), c.batch, c.seed, epoch, self.drop_last, i.rank, i.world, c.max_steps)
     def loss(self, idx:Tensor) -> Tensor: raise NotImplementedError  # the loss of the step on slices `idx`
+    def after_step(self): pass  # after the optimiser's step (e.g. a teacher's EMA)
     def end_epoch(self, epoch:int, row:dict): pass  # e.g. validate, and keep the best epoch
     def state(self) -> dict: return {}  # what else goes into last.pt
     def record(self) -> dict: return {}  # what else goes into run.json
@@ -656,7 +688,7 @@ def fit(stage:Stage, # the stage to train, set up
         stage.begin_epoch(epoch)
         tag = stage.tag()
         where = f"{out}: {stage.kind}" + ''.join(f" ({v} {k})" for k, v in tag.items())
-        batches = epoch_batches(len(stage.ds), cfg.batch, cfg.seed, epoch, stage.drop_last, info.rank, info.world, cfg.max_steps)
+        batches = stage.batches(epoch)
         t0, tot, seen = time.perf_counter(), 0., 0
         bar = tqdm(batches, desc=' '.join([stage.kind, *map(str, tag.values()), f"{epoch + 1}/{stage.epochs}"]),
                    disable=not (cfg.progress and main), leave=False)
@@ -668,7 +700,7 @@ def fit(stage:Stage, # the stage to train, set up
             except DivergenceError as e:
                 if main: _record_failure(out, e)
                 raise
-            stage.opt.step(); stage.sched.step()
+            stage.opt.step(); stage.sched.step(); stage.after_step()
             tot += lv * len(idx); seen += len(idx)
             bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{stage.views * seen * info.world / (time.perf_counter() - t0):.1f}")
         secs = time.perf_counter() - t0
@@ -826,6 +858,8 @@ class Finetuning(Stage):
         self.aug = AugParams.finetune(**cfg.aug)
         self.drop_last = len(self.ds) > cfg.batch
         steps = len(epoch_batches(len(self.ds), cfg.batch, cfg.seed, 0, self.drop_last, info.rank, info.world, cfg.max_steps))
+        self.passes = 1 if cfg.epoch_steps is None else -(-cfg.epoch_steps // steps)  # passes over the labeled slices per epoch
+        self.steps = steps = steps * self.passes
         self.epochs = cfg.epochs if cfg.steps is None else -(-cfg.steps // steps)
         self.val_every = cfg.val_every or max(1, self.epochs // 10)
         self.params = list(self.model.parameters())
@@ -835,6 +869,11 @@ class Finetuning(Stage):
 
     def resume(self, ck):
         self.opt.load_state_dict(ck['optimizer']); self.sched.load_state_dict(ck['scheduler']); self.best = dict(ck['best'])
+    def batches(self, epoch):
+        "`passes` permutations of the labeled slices, one after the other (pass r of epoch e seeded as epoch e x passes + r)."
+        c, i = self.cfg, self.info
+        return [b for r in range(self.passes)
+                for b in epoch_batches(len(self.ds), c.batch, c.seed, epoch * self.passes + r, self.drop_last, i.rank, i.world, c.max_steps)]
     def begin_epoch(self, epoch):
         if self.net is None: self.net = _wrap(self.model, self.info, self.device)
         self.model.train()
@@ -870,8 +909,106 @@ def finetune(cfg:FinetuneConfig, # the run's configuration
     "Supervised fine-tuning on the fold's labeled patients, best epoch by validation Dice; {'out', 'log', 'best_epoch', 'best_dice'}."
     info = gdist.init_distributed(pick_device(cfg.device))
     try:
-        stage = Finetuning(cfg, info)
+        stage = (SemiSupervised if cfg.semi else Finetuning)(cfg, info)
         log = fit(stage, cfg, info, resume, stop_after)
         gdist.barrier()  # every rank ends together (see `pretrain`)
     finally: gdist.cleanup_distributed()
     return dict(out=Path(cfg.out), log=log, best_epoch=stage.best['epoch'], best_dice=stage.best['dice'])
+
+# %% ../nbs/06_train.ipynb #86cd780d
+def teacher_rate(ema:float, # the configured rate
+                 t:int, # the teacher's step (0 at its first)
+                ) -> float:
+    "min(ema, 1 - 1 / (t + 1)): 0 at the first step, so the teacher starts as the student (SSL4MIS's `update_ema_variables`)."
+    return min(ema, 1 - 1 / (t + 1))
+
+@torch.no_grad()
+def ema_update(teacher:nn.Module, student:nn.Module, a:float):
+    "teacher = a x teacher + (1 - a) x student, for each floating-point tensor of the state dict; integer ones (step counters) copied."
+    s = student.state_dict()
+    for k, t in teacher.state_dict().items():
+        if t.is_floating_point(): t.mul_(a).add_(s[k], alpha=1 - a)
+        else: t.copy_(s[k])
+
+# %% ../nbs/06_train.ipynb #52d0dfc6
+class SemiSupervised(Finetuning):
+    "Fine-tuning that also learns from the fold's unlabeled slices, with an EMA teacher; the step's loss is `SEMI_LOSSES[cfg.semi]`."
+    def __init__(self, cfg:FinetuneConfig, info:gdist.DistInfo):
+        super().__init__(cfg, info)
+        cache = cfg.cache or Path(cfg.manifest).parent/'cache'
+        self.unl = load_slices(self.manifest, cfg.fold, 'unlabeled', cfg.prep(), cache, cfg.data, cfg.workers, labels=False, cine_frames=cfg.cine_frames)
+        if len(self.unl) == 0: raise DataError(cfg.manifest, f"fold {cfg.fold} has no unlabeled slices for semi {cfg.semi!r}")
+        self.ub = cfg.unlabeled_batch or cfg.batch
+        self.views = 1 + self.ub / cfg.batch  # labeled and unlabeled slices per labeled slice, for images/s
+        self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.total = self.epochs * self.steps
+        self.start = 0 if cfg.semi == 'mean-teacher' else round(cfg.labeled_phase * self.total)  # the teacher's first step
+        self.t, self.k, self.parts = None, 0, []  # teacher steps (None: not started), the run's step, loss parts of the epoch
+
+    def begin_epoch(self, epoch): super().begin_epoch(epoch); self.k = epoch * self.steps
+    def loss(self, idx):
+        "The labeled batch through `augment_pair`, the teacher started from the student at its first step, then the method's loss."
+        k = self.k; self.k += 1
+        b = self.ds.batch(idx)
+        x, y = augment_pair(b['image'], b['label'].long(), self.aug, self.gen)
+        if self.t is None and k >= self.start: self.teacher.load_state_dict(self.model.state_dict()); self.t = 0
+        return SEMI_LOSSES[self.cfg.semi](self, x, y.to(self.device), k)
+    def after_step(self):
+        if self.t is not None: ema_update(self.teacher, self.model, teacher_rate(self.cfg.ema, self.t)); self.t += 1
+    def unlabeled(self, k:int) -> Tensor:
+        "This process's share of step k's unlabeled slices, augmented; drawn without replacement by a generator seeded with (seed, k)."
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 7_919 * (k + 1))
+        idx = torch.randperm(len(self.unl), generator=g)[:self.ub][self.info.rank::self.info.world]
+        return augment(self.unl.images[idx][:, None], self.aug, self.gen)
+    def forward(self, net:nn.Module, x:Tensor) -> Tensor:
+        with autocast(self.device, self.fast_cfg): return net(to_input(x, self.device, self.fast_cfg))
+    @torch.no_grad()
+    def teach(self, x:Tensor) -> Tensor: return self.forward(self.teacher, x).float()  # no gradient, the student's fast path
+
+    def state(self): return super().state() | dict(teacher=self.teacher.state_dict(), teacher_steps=self.t)
+    def resume(self, ck): super().resume(ck); self.teacher.load_state_dict(ck['teacher']); self.t = ck['teacher_steps']
+    def record(self): return super().record() | dict(semi=self.cfg.semi, unlabeled_slices=len(self.unl), teacher_start=self.start,
+                                                     unlabeled_patients=len({r['patient'] for r in self.unl.records}))
+    def end_epoch(self, epoch, row):
+        if self.parts: row.update({k: float(np.mean([p[k] for p in self.parts])) for k in self.parts[0]})
+        self.parts = []
+        super().end_epoch(epoch, row)
+
+# %% ../nbs/06_train.ipynb #b9517014
+def mean_teacher_loss(s:SemiSupervised, # the stage
+                      x:Tensor, y:Tensor, # the augmented labeled batch and its labels (on the device)
+                      k:int, # the run's step
+                     ) -> Tensor:
+    "seg_loss on the labeled slices + consistency x ramp-up(k) x consistency_loss(student, noisy teacher) on the unlabeled ones."
+    c, n = s.cfg, len(x)
+    xu = s.unlabeled(k)
+    tl = s.teach(teacher_noise(xu, c.noise, s.gen))
+    logits = s.forward(s.net, torch.cat([x, xu]))
+    sup, cons = seg_loss(logits[:n], y, c.ce_weight, c.dice_weight), consistency_loss(logits[n:], tl)
+    w = c.consistency * sigmoid_rampup(k, round(c.rampup * s.total))
+    s.parts.append(dict(loss_labeled=sup.item(), loss_unlabeled=cons.item(), unlabeled_weight=w))
+    return sup + w * cons
+
+# %% ../nbs/06_train.ipynb #d70391e6
+def bcp_loss(s:SemiSupervised, # the stage
+             x:Tensor, y:Tensor, # the augmented labeled batch and its labels (on the device)
+             k:int, # the run's step
+            ) -> Tensor:
+    "`mix_loss` of labeled-into-labeled mixtures before the teacher starts; then of both directions of labeled/unlabeled copy-paste."
+    c, h = s.cfg, len(x) // 2
+    xa, xb, ya, yb = x[:h], x[h:2 * h], y[:h], y[h:2 * h]
+    box = paste_box(h, tuple(x.shape[-2:]), c.box, s.gen); bd = box.to(s.device)
+    lw = dict(ce_weight=c.ce_weight, dice_weight=c.dice_weight)
+    if s.t is None:  # BCP's pre-training
+        l = mix_loss(s.forward(s.net, paste(xa, xb, box)), ya, yb, bd, **lw)
+        s.parts.append(dict(loss_labeled=l.item(), loss_unlabeled=0.)); return l
+    u = s.unlabeled(k); ua, ub = u[:h], u[h:2 * h]
+    pl = pseudo_labels(s.teach(torch.cat([ua, ub])), c.largest_component); pa, pb = pl[:h], pl[h:]
+    logits = s.forward(s.net, torch.cat([paste(ua, xa, box), paste(xb, ub, box)]))
+    l_in = mix_loss(logits[:h], pa, ya, bd, c.u_weight, 1., **lw)  # unlabeled outside, labeled box
+    l_out = mix_loss(logits[h:], yb, pb, bd, 1., c.u_weight, **lw)  # labeled outside, unlabeled box
+    with torch.no_grad(): lab = region_seg_loss(logits[:h], ya, bd, **lw) + region_seg_loss(logits[h:], yb, 1 - bd, **lw)  # for the log
+    s.parts.append(dict(loss_labeled=lab.item(), loss_unlabeled=(l_in + l_out - lab).item() / max(c.u_weight, 1e-12)))
+    return l_in + l_out
+
+SEMI_LOSSES = {'mean-teacher': mean_teacher_loss, 'bcp': bcp_loss}  # `FinetuneConfig.semi` -> the step's loss
