@@ -26,19 +26,20 @@ from .stats import PAIRS, compare, holm, _mean
 from .clinical import voxel_ml, patient_indices, agreement
 
 # %% auto #0
-__all__ = ['PCL_CODE', 'METHOD_PLANS', 'PATH_PARAMS', 'RECORD_PATHS', 'NOT_PARAMETERS', 'PAPER', 'ABLATION_DEFAULT',
-           'PROFILE_DEFAULTS', 'PROFILES', 'RUN_FIELDS', 'METHOD_FIELDS', 'NET_FIELDS', 'SECTIONS', 'SETTINGS',
-           'CSV_FIELDS', 'STATS_FIGURES', 'CLINICAL_COLUMNS', 'CURVE_FIELDS', 'REPRO_MODULES', 'canonical_json',
-           'short_hash', 'file_lock', 'experiment_data', 'split_folders', 'experiment_manifest', 'testing_manifest',
-           'method_plan', 'pretraining_protocol', 'pretraining_folder', 'pretrained_encoder', 'finetuned_model',
-           'validation_crf', 'evaluation', 'markdown_rows', 'read_log', 'relative_path', 'resolve_path',
-           'notebook_parameters', 'result_record', 'write_result', 'Experiment', 'section_settings', 'load_profile',
-           'experiment_settings', 'experiments', 'NotebookError', 'Interrupted', 'check_parameters_cell',
-           'notebooks_folder', 'result_path', 'is_done', 'to_run', 'papermill_json', 'run_notebook', 'descendants',
-           'stop_tree', 'result_rows', 'results_csv', 'main_table_markdown', 'ablation_markdown', 'paired_records',
-           'paired_markdown', 'with_voxel_volumes', 'run_indices', 'clinical_tables', 'clinical_markdown',
-           'results_markdown', 'curve_rows', 'curves_markdown', 'planned_numerics', 'check_numerics', 'emulated_bf16',
-           'check_repro_installed', 'stop_children_on_signal', 'reproduce']
+__all__ = ['PCL_CODE', 'METHOD_PLANS', 'SEMI_METHODS', 'PATH_PARAMS', 'RECORD_PATHS', 'NOT_PARAMETERS', 'PAPER',
+           'ABLATION_DEFAULT', 'PROFILE_DEFAULTS', 'PROFILES', 'RUN_FIELDS', 'METHOD_FIELDS', 'NET_FIELDS', 'SECTIONS',
+           'SETTINGS', 'CSV_FIELDS', 'STATS_FIGURES', 'CLINICAL_COLUMNS', 'CURVE_FIELDS', 'REPRO_MODULES',
+           'canonical_json', 'short_hash', 'file_lock', 'experiment_data', 'split_folders', 'experiment_manifest',
+           'testing_manifest', 'semi_method', 'method_plan', 'pretraining_protocol', 'pretraining_folder',
+           'pretrained_encoder', 'finetuned_model', 'validation_crf', 'evaluation', 'markdown_rows', 'read_log',
+           'relative_path', 'resolve_path', 'notebook_parameters', 'result_record', 'write_result', 'Experiment',
+           'section_settings', 'load_profile', 'experiment_settings', 'experiments', 'NotebookError', 'Interrupted',
+           'check_parameters_cell', 'notebooks_folder', 'result_path', 'with_default_settings', 'is_done', 'to_run',
+           'papermill_json', 'run_notebook', 'descendants', 'stop_tree', 'result_rows', 'results_csv',
+           'main_table_markdown', 'ablation_markdown', 'paired_records', 'paired_markdown', 'with_voxel_volumes',
+           'run_indices', 'clinical_tables', 'clinical_markdown', 'results_markdown', 'curve_rows', 'curves_markdown',
+           'planned_numerics', 'check_numerics', 'emulated_bf16', 'check_repro_installed', 'stop_children_on_signal',
+           'reproduce']
 
 # %% ../nbs/09_reproduce.ipynb #e8697256
 def canonical_json(obj) -> str:
@@ -138,13 +139,21 @@ METHOD_PLANS = {  # method name -> (PretrainConfig overrides or None, `pretraini
     'glrp-global': (dict(method='glrp', stage='global+local'), 'stage1', ('encoder',)),
     'glrp': (dict(method='glrp', stage='global+local'), 'all', ('encoder', 'decoder')),
 }
+SEMI_METHODS = ('mean-teacher', 'bcp')  # semi-supervised fine-tuning (`FinetuneConfig.semi`): alone ('bcp': random init) or on a pretraining ('bcp+glrp')
 
-def method_plan(method:str, # a key of `METHOD_PLANS`
+def semi_method(method:str, # a method name: a key of `METHOD_PLANS`, a semi-supervised method, or 'SEMI+PLAN' (e.g. 'bcp+glrp')
+               ) -> tuple:
+    "(semi-supervised method or None, the key of `METHOD_PLANS` that initialises the UNet)."
+    semi, plus, plan = method.partition('+')
+    if semi in SEMI_METHODS and (not plus or plan in METHOD_PLANS): return semi, plan or 'random'
+    if method in METHOD_PLANS: return None, method
+    raise InputError(f"unknown method {method!r}; expected one of {', '.join(METHOD_PLANS)}, {', '.join(SEMI_METHODS)}, or SEMI+METHOD (e.g. 'bcp+glrp')")
+
+def method_plan(method:str, # a method name (see `semi_method`)
                 **overrides, # PretrainConfig fields (epochs, lr, tau, ...), applied after the method's own
                ) -> tuple:
-    "(PretrainConfig or None, `pretraining_until` ('stage1', 'all' or None), parts) of `method`."
-    if method not in METHOD_PLANS: raise InputError(f"unknown method {method!r}; expected one of {', '.join(METHOD_PLANS)}")
-    over, pretraining_until, parts = METHOD_PLANS[method]
+    "(PretrainConfig or None, `pretraining_until` ('stage1', 'all' or None), parts) of the pretraining that initialises `method`."
+    over, pretraining_until, parts = METHOD_PLANS[semi_method(method)[1]]
     if over is None: return None, None, parts
     return PretrainConfig(**(overrides | over)), pretraining_until, parts
 
@@ -328,6 +337,8 @@ ABLATION_DEFAULT = [  # variants of GLRP: (name, overrides of the experiment's P
 ]
 
 PROFILE_DEFAULTS = dict(  # what a profile leaves alone unless it says otherwise
+    protocol='glrp',  # the split (`make_manifest`): 'glrp' folds, PCL's folds ('pcl'), or the semi-supervised literature's one fixed fold ('ssl4mis')
+    pairs=None,  # (a, b) method pairs of the paired tables; None: `glrp.stats.PAIRS`
     phantom_patients=20,  # patients of the synthetic phantom, where the profile runs on it (data None)
     pretrain_seed=0,  # seed of pretraining, shared by every fine-tuning seed (pretraining runs once per method and fold)
     with_crf=True,  # tune the dense CRF on the validation patients and evaluate with it too
@@ -353,6 +364,14 @@ PROFILES = {name: PROFILE_DEFAULTS | p for name, p in dict(
                pretrain=dict(epochs=12, local_epochs=4, lr=0.02, warmup_epochs=2, max_steps=48, cine_frames=2),
                finetune=dict(steps=350, val_every=0),
                with_crf=False, crf_grid=None, crf_iterations=[], ablation=[], figures=False),
+    ssl4mis=dict(data='required', protocol='ssl4mis', folds=1, run_folds=[0], seeds=[0, 1], Ms=[7, 3], val=10,
+                 methods=['random', 'bcp', 'glrp', 'bcp+glrp', 'mean-teacher', 'pcl', 'bcp+pcl', 'mean-teacher+glrp'],
+                 pairs=[('bcp', 'random'), ('mean-teacher', 'random'), ('bcp', 'mean-teacher'), ('glrp', 'random'), ('glrp', 'pcl'),
+                        ('bcp', 'glrp'), ('bcp+glrp', 'bcp'), ('bcp+glrp', 'glrp'), ('bcp+pcl', 'bcp'), ('mean-teacher+glrp', 'mean-teacher')],
+                 net=dict(f=16, spacing=2.0, size=[128, 128], precision='bf16'),
+                 pretrain=dict(epochs=12, local_epochs=4, lr=0.02, warmup_epochs=2, max_steps=48, cine_frames=2),
+                 finetune=dict(steps=3000, epoch_steps=250, val_every=1, cine_frames=2),
+                 with_crf=False, crf_grid=None, crf_iterations=[], ablation=[], figures=False),
     paper=dict(data='required', folds=5, run_folds=[0, 1, 2, 3, 4], seeds=[0], Ms=[2, 6, 10], val=10, methods=list(METHOD_PLANS),
                crf_grid=None, crf_iterations=[0, 1, 2, 5, 10], ablation=ABLATION_DEFAULT, figures=True),  # the configs' defaults: PCL's protocol
 ).items()}
@@ -369,10 +388,10 @@ class Experiment:
     def label(self) -> str: return f"{self.notebook}/{self.name}"
 
 RUN_FIELDS = ('manifest', 'out', 'fold', 'data', 'cache', 'seed', 'device', 'workers', 'progress', 'pretrained', 'parts')  # each experiment sets these
-METHOD_FIELDS = ('method', 'stage', 'base_temperature', 'positions')  # each method's plan sets these (`METHOD_PLANS`); an ablation variant may too
+METHOD_FIELDS = ('method', 'stage', 'base_temperature', 'positions', 'semi')  # each method's plan sets these (`METHOD_PLANS`, `semi_method`); an ablation variant may too
 NET_FIELDS = ('f', 'depth', 'norm', 'spacing', 'size', 'fast', 'precision')  # one value for pretraining and fine-tuning: a profile's `net`
 SECTIONS = dict(net=PretrainConfig, pretrain=PretrainConfig, finetune=FinetuneConfig)  # a profile's config sections and the class of their fields
-SETTINGS = ('phantom_patients', 'folds', 'val', 'pretrain_seed', 'with_crf', 'crf_grid', *SECTIONS)  # what decides one experiment's numbers
+SETTINGS = ('protocol', 'phantom_patients', 'folds', 'val', 'pretrain_seed', 'with_crf', 'crf_grid', *SECTIONS)  # what decides one experiment's numbers
 
 def section_settings(section:str, # 'net', 'pretrain' or 'finetune'
                      overrides:dict|None=None, # the profile's values
@@ -469,6 +488,13 @@ def notebooks_folder() -> Path:
 
 def result_path(exp:Experiment, out) -> Path: return exp.folder(out)/'result.json'
 
+def with_default_settings(settings:dict, # an experiment's `settings`, as a result JSON recorded them
+                         ) -> dict:
+    "`settings` with each setting it lacks (added to glrp after the result was made) at its default, section by section."
+    d = {k: section_settings(k) if k in SECTIONS else PROFILE_DEFAULTS[k] for k in SETTINGS if k in SECTIONS or k in PROFILE_DEFAULTS}
+    return {k: ({**d[k], **settings[k]} if k in SECTIONS and isinstance(settings.get(k), dict) else settings.get(k, d.get(k)))
+            for k in dict.fromkeys([*settings, *d])}
+
 def is_done(exp:Experiment, # the experiment
             out, # the reproduction's output folder
             fingerprint:str|None=None, # `data_hash` of the data `exp` names: a result made from the same files in another place counts too
@@ -480,6 +506,7 @@ def is_done(exp:Experiment, # the experiment
     except json.JSONDecodeError: return False
     def same(k, a, b):
         if k == 'data' and fingerprint is not None and rec.get('data_hash') == fingerprint: return True
+        if k == 'settings' and isinstance(a, dict): a = with_default_settings(a)  # a setting added since counts as its default
         if k in PATH_PARAMS and isinstance(a, str) and isinstance(b, str): return resolve_path(a, p.parent) == resolve_path(b, p.parent)
         return canonical_json(a) == canonical_json(b)
     return all(k in got and same(k, got[k], v) for k, v in exp.params.items())
@@ -662,6 +689,7 @@ def paired_markdown(out, # the reproduction's output folder
                     n_boot:int=10_000, # bootstrap resamples
                     figures:bool=False, # also draw `STATS_FIGURES` into `out` and name them
                     embed:bool=False, # show the figures in the markdown (phantom results) instead of naming the files
+                    pairs=PAIRS, # (a, b) method pairs compared
                    ) -> str:
     "The paired-difference tables of `glrp.stats` for the main table's methods ('' when fewer than two methods have per-volume results)."
     recs = paired_records(out)
@@ -669,7 +697,7 @@ def paired_markdown(out, # the reproduction's output folder
         if figures:  # figures of an earlier report would outlive the numbers they show
             for f in STATS_FIGURES: (Path(out)/f).unlink(missing_ok=True)
         return ''
-    table = summary_table(recs, n_boot=n_boot, correction='holm')  # refuses records of mixed precision or CPU capability
+    table = summary_table(recs, pairs=[tuple(p) for p in pairs], n_boot=n_boot, correction='holm')  # refuses records of mixed precision or CPU capability
     md = stats_markdown(table)
     if not figures: return md
     import matplotlib.pyplot as plt
@@ -961,8 +989,9 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
         with atomic_path(out/'curves.csv') as t_: Path(t_).write_text(results_csv(curves, CURVE_FIELDS))
     elif (out/'curves.csv').is_file(): curves = list(csv.DictReader((out/'curves.csv').read_text().splitlines()))  # committed results alone: their curves
     clin = with_voxel_volumes(paired_records(out), out, data)
-    report = results_markdown(rows, meta, paired_markdown(out, figures=True, embed=not data), curves_markdown(curves) if curves else '',
-                              clinical_markdown(clinical_tables(clin)) if clin else '')
+    pairs = [tuple(p) for p in prof.get('pairs') or PAIRS]
+    report = results_markdown(rows, meta, paired_markdown(out, figures=True, embed=not data, pairs=pairs), curves_markdown(curves) if curves else '',
+                              clinical_markdown(clinical_tables(clin, pairs=pairs)) if clin else '')
     with atomic_path(out/'RESULTS.md') as t_: Path(t_).write_text(report)
     write_json(dict(meta, profile_settings=prof, failed=failed, ran=ran), out/'reproduce.json')
     return dict(failed=failed, ran=ran, skipped=[e.label for e in exps if e not in todo], results=out/'results.csv', report=out/'RESULTS.md')

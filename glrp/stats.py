@@ -21,7 +21,7 @@ __all__ = ['PAIRS', 'UNIFORM_KEYS', 'REQUIRED', 'METHOD_ORDER', 'volume_records'
 PAIRS = (('glrp', 'pcl'), ('glrp', 'random'), ('pcl', 'random'), ('glrp', 'glrp-global'))  # (a, b): differences a − b
 UNIFORM_KEYS = ('precision', 'cpu_capability')  # numerics a table must not mix
 REQUIRED = ('method', 'M', 'fold', 'patient', 'phase')  # keys every record needs (`seed` defaults to 0)
-METHOD_ORDER = ('random', 'simclr', 'gcl', 'pcl', 'glrp-global', 'glrp')  # order of methods in tables and figures
+METHOD_ORDER = ('random', 'simclr', 'gcl', 'pcl', 'glrp-global', 'glrp', 'mean-teacher', 'mean-teacher+pcl', 'mean-teacher+glrp', 'bcp', 'bcp+pcl', 'bcp+glrp')  # order of methods in tables and figures
 
 # %% ../nbs/12_stats.ipynb #c8db6c1d
 def _num(x) -> float:

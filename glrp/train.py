@@ -927,7 +927,7 @@ def ema_update(teacher:nn.Module, student:nn.Module, a:float):
     "teacher = a x teacher + (1 - a) x student, for each floating-point tensor of the state dict; integer ones (step counters) copied."
     s = student.state_dict()
     for k, t in teacher.state_dict().items():
-        if t.is_floating_point(): t.mul_(a).add_(s[k], alpha=1 - a)
+        if t.is_floating_point(): t.copy_(t * a + s[k] * (1 - a))  # two products and a sum, each rounded once: the formula as written
         else: t.copy_(s[k])
 
 # %% ../nbs/06_train.ipynb #52d0dfc6
@@ -983,8 +983,8 @@ def mean_teacher_loss(s:SemiSupervised, # the stage
     c, n = s.cfg, len(x)
     xu = s.unlabeled(k)
     tl = s.teach(teacher_noise(xu, c.noise, s.gen))
-    logits = s.forward(s.net, torch.cat([x, xu]))
-    sup, cons = seg_loss(logits[:n], y, c.ce_weight, c.dice_weight), consistency_loss(logits[n:], tl)
+    sup = seg_loss(s.forward(s.net, x), y, c.ce_weight, c.dice_weight)
+    cons = consistency_loss(s.forward(s.net, xu), tl)  # a forward pass of its own: batch norm sees the streams apart
     w = c.consistency * sigmoid_rampup(k, round(c.rampup * s.total))
     s.parts.append(dict(loss_labeled=sup.item(), loss_unlabeled=cons.item(), unlabeled_weight=w))
     return sup + w * cons

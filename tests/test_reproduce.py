@@ -346,3 +346,14 @@ def test_sigterm_stops_the_runner_and_its_children(tmp_path):
     alive = [k for k in kids if os.path.exists(f'/proc/{k}') and 'zombie' not in open(f'/proc/{k}/status').read().lower()]
     assert not alive, f"children still running after SIGTERM: {alive}"
     assert not list((tmp_path/'out').glob('main_table/*/result.json'))
+
+
+def test_committed_study_counts_as_done(acdc_root):
+    "Settings added to glrp after the study ran (protocol, semi-supervised fine-tuning) count at their defaults: a rerun of the study skips all 120 experiments."
+    from glrp.reproduce import to_run
+    acdc = acdc_root
+    res = Path(__file__).resolve().parent.parent/'results'/'study'
+    exps = [e for e in experiments(load_profile('study'), acdc, res/'work', out=res) if e.notebook == 'main_table']
+    assert len(exps) == 120 and to_run(exps, res, acdc) == []
+    changed = experiments(load_profile(dict(base='study', finetune=dict(epoch_steps=50))), acdc, res/'work', out=res)
+    assert len(to_run(changed[:3], res, acdc)) == 3  # a setting that differs from its default is not the study's
