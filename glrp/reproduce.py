@@ -365,9 +365,9 @@ PROFILES = {name: PROFILE_DEFAULTS | p for name, p in dict(
                finetune=dict(steps=350, val_every=0),
                with_crf=False, crf_grid=None, crf_iterations=[], ablation=[], figures=False),
     ssl4mis=dict(data='required', protocol='ssl4mis', folds=1, run_folds=[0], seeds=[0, 1], Ms=[7, 3], val=10,
-                 methods=['random', 'bcp', 'glrp', 'bcp+glrp', 'mean-teacher', 'pcl', 'bcp+pcl', 'mean-teacher+glrp'],
+                 methods=['random', 'bcp', 'glrp', 'bcp+glrp', 'mean-teacher', 'pcl', 'bcp+pcl'],  # mean-teacher+glrp would add 2.7 h to the 11 h of these
                  pairs=[('bcp', 'random'), ('mean-teacher', 'random'), ('bcp', 'mean-teacher'), ('glrp', 'random'), ('glrp', 'pcl'),
-                        ('bcp', 'glrp'), ('bcp+glrp', 'bcp'), ('bcp+glrp', 'glrp'), ('bcp+pcl', 'bcp'), ('mean-teacher+glrp', 'mean-teacher')],
+                        ('bcp', 'glrp'), ('bcp+glrp', 'bcp'), ('bcp+glrp', 'glrp'), ('bcp+pcl', 'bcp')],
                  net=dict(f=16, spacing=2.0, size=[128, 128], precision='bf16'),
                  pretrain=dict(epochs=12, local_epochs=4, lr=0.02, warmup_epochs=2, max_steps=48, cine_frames=2),
                  finetune=dict(steps=3000, epoch_steps=250, val_every=1, cine_frames=2),
