@@ -1,7 +1,7 @@
 """Training throughput of the plain fp32 path and the fast path (channels_last + bf16 autocast), and their accuracy.
 
 Usage: .venv/bin/python bench/train.py [--device cpu|cuda] [--compile] [--precision auto|bf16|fp32] [--f 16] [--size 128] [--batch 16] [--steps 6] [--rounds 3]
-                                       [--warmup 3] [--finetune auto|engine|loop|none] [--ft-epochs 20] [--ft-seeds 2]
+                                       [--warmup 3] [--finetune auto|engine|loop|none] [--ft-epochs 20] [--ft-seeds 2] [--semi | --no-semi] [--only-semi]
 
 Speed: images per second of one pretraining step (two augmented views of each slice -> UNet encoder + global head
 -> `contrastive_loss` with GLRP weights -> backward -> SGD step) and one fine-tuning step (augmented image + labels
@@ -16,6 +16,12 @@ Accuracy: a short fine-tune on phantom patients (written to a temporary folder, 
 128 x 128) with the fast path off and on, and the pooled validation Dice (RV, MYO, LV) of both, taken as the mean over
 the last `--ft-last` epochs. `--finetune engine` (the default when `glrp.train` imports) runs `glrp.train.finetune`
 on a partition manifest of the phantom; `--finetune loop` runs a minimal loop written here (Adam, cosine schedule).
+Semi-supervised steps (`--semi`, on by default): the engine's own steps (`glrp.train.Finetuning` and `SemiSupervised`,
+the body of `fit`: loss, backward, Adam, the teacher's EMA) for plain fine-tuning, Mean Teacher and BCP (self-training),
+on the fast path, with their images/s (labeled + unlabeled slices per second), the FLOPs of one step (convolutions and
+matrix products, forward and backward, by `torch.utils.flop_counter`) and the achieved GFLOP/s against a 2048^3 matrix
+product in the fast path's precision measured in the same run. A teacher that ran with gradients or off the fast path
+would show as a semi-supervised step with fewer GFLOP/s than the fine-tuning step.
 The fast path should cost no accuracy: Dice within 0.01 of the plain path. Both paths run with `--ft-seeds` seeds
 (paired: the same seed gives both the same initial weights, batches and augmentations), and the mean difference is
 printed with its standard error: bf16 rounding makes the two runs of one seed drift apart like two seeds do, so a
@@ -130,6 +136,70 @@ def report(kind, times, imgs_per_step, unit):
     print(f'  {kind} ' + ', '.join(f'{a} / {b}: {best[b] / best[a]:.2f}x' for a, b in pairs))
     return best['fast'] / best['new'] if 'new' in best else best['plain'] / best['fast']
 
+# ---------- semi-supervised steps ----------
+def matmul_gflops(device, dtype, n:int=2048, reps:int=10) -> float:
+    "GFLOP/s of an n x n x n matrix product in `dtype` (best of three rounds of `reps`)."
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2): a @ b
+    best = float('inf')
+    for _ in range(3):
+        sync(device); t = time.perf_counter()
+        for _ in range(reps): a @ b
+        sync(device); best = min(best, (time.perf_counter() - t) / reps)
+    return 2 * n**3 / best / 1e9
+
+def engine_stage(semi, root:Path, work:Path, args):
+    "A `Finetuning` (semi None) or `SemiSupervised` stage of `glrp.train` on the phantom, set up for its first epoch (BCP past its labeled phase)."
+    from glrp.partition import make_manifest, write_manifest
+    from glrp.train import FinetuneConfig, Finetuning, SemiSupervised
+    from glrp import distributed as gdist
+    man = work/'semi_manifest.json'
+    if not man.exists(): write_manifest(make_manifest(root, folds=4, labeled=6, val=2), man)
+    cfg = FinetuneConfig(manifest=str(man), out=str(work/f'semi_{semi}'), cache=str(work/'cache'), spacing=2.0, size=(args.size, args.size), f=args.f,
+                         batch=args.batch, steps=10_000, semi=semi, labeled_phase=0.0, device=str(args.device), precision=args.precision, workers=1, progress=False)
+    st = (SemiSupervised if semi else Finetuning)(cfg, gdist.init_distributed(torch.device(args.device)))
+    st.begin_epoch(0)
+    return st
+
+def engine_step(st, idx):
+    "One step as `glrp.train.fit` takes it."
+    loss = st.loss(idx); st.opt.zero_grad(set_to_none=True); loss.backward(); st.opt.step(); st.sched.step(); st.after_step()
+    return loss
+
+def bench_semi(args, device, tmp:Path):
+    "Images/s, FLOPs per step and GFLOP/s of the engine's fine-tuning, Mean Teacher and BCP steps, against a matrix product."
+    from torch.utils.flop_counter import FlopCounterMode
+    root = write_phantom(tmp/'semi_phantom', n_patients=16, seed=0)
+    amp = fast_settings(device, True, args.precision)['amp']
+    ref = matmul_gflops(device, amp or torch.float32)
+    print(f'semi-supervised steps (the engine: glrp.train.Finetuning / SemiSupervised, fast path; f={args.f}, {args.size}x{args.size}, '
+          f'batch {args.batch} labeled + {args.batch} unlabeled slices):', flush=True)
+    print(f'  reference: 2048^3 matrix product in {str(amp or torch.float32).replace("torch.", "")}: {ref:.0f} GFLOP/s', flush=True)
+    out = {}
+    for semi in (None, 'mean-teacher', 'bcp'):
+        st = engine_stage(semi, root, tmp, args)
+        bs = st.batches(0)
+        with FlopCounterMode(display=False) as fc: engine_step(st, bs[0])
+        flops = fc.get_total_flops()
+        for i in range(args.warmup): engine_step(st, bs[(i + 1) % len(bs)])
+        rounds = []
+        for r in range(args.rounds):
+            sync(device); t = time.perf_counter()
+            for i in range(args.steps): loss = engine_step(st, bs[i % len(bs)])
+            float(loss.detach()); sync(device)
+            rounds.append((time.perf_counter() - t) / args.steps)
+        sec = min(rounds)
+        slices = args.batch * (1 if semi is None else 2)
+        name = semi or 'finetune'
+        out[name] = (sec, flops)
+        print(f'  {name:12s}: {slices / sec:6.1f} images/s ({args.batch} labeled' + ('' if semi is None else f' + {args.batch} unlabeled') +
+              f' slices per step; best round, median {slices / statistics.median(rounds):.1f}), {sec * 1000:.0f} ms/step, '
+              f'{flops / 1e9:.1f} GFLOP per step, {flops / sec / 1e9:.0f} GFLOP/s = {flops / sec / 1e9 / ref:.0%} of the matrix product', flush=True)
+    base = out['finetune']
+    for k in ('mean-teacher', 'bcp'):
+        print(f'  {k}: {out[k][0] / base[0]:.2f}x the time and {out[k][1] / base[1]:.2f}x the FLOPs of a fine-tuning step')
+    return out
+
 # ---------- accuracy ----------
 def finetune_engine(root:Path, work:Path, args, fast:bool, seed:int) -> tuple:
     "(validation Dice of every epoch, training seconds) of `glrp.train.finetune` on the phantom."
@@ -198,6 +268,8 @@ def main():
     ap.add_argument('--ft-last', type=int, default=3, help='the Dice of a run is the mean validation Dice of its last epochs')
     ap.add_argument('--ft-lr', type=float, default=3e-3)
     ap.add_argument('--ft-seeds', type=int, default=2, help='seeds per path (paired: seed s of the plain path vs seed s of the fast path)')
+    ap.add_argument('--semi', action=argparse.BooleanOptionalAction, default=True, help='time the engine\'s fine-tuning, Mean Teacher and BCP steps against a matrix product')
+    ap.add_argument('--only-semi', action='store_true', help='only the semi-supervised steps (no plain/fast comparison, no accuracy check)')
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available(): sys.exit('--device cuda: CUDA is not available')
@@ -210,6 +282,9 @@ def main():
           + (' + bf16 autocast' + ('' if bf16_supported(device) else ' (emulated: no native bf16 here)') if fast_settings(device, True, args.precision)['amp']
              else ' only' + (' (--precision fp32)' if args.precision == 'fp32' else ' (no native bf16 here)')))
     tmp = Path(tempfile.mkdtemp(prefix='glrp_bench_train_'))
+    if args.only_semi:
+        bench_semi(args, device, tmp)
+        print(f'peak RSS {peak_rss_mib():.0f} MiB; load average at the end: {load_avg()}'); return
     img, lab, pos = phantom_slices(tmp/'speed', 4, args.size)
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(img), generator=g)[:args.batch]
@@ -260,6 +335,7 @@ def main():
     t_ft = bench_speed('finetune', seg_paths, fstep, args, device)
     r_ft = report('finetune', t_ft, args.batch, 'images')
     print(f'peak RSS after the speed runs: {peak_rss_mib():.0f} MiB; load average now: {load_avg()}', flush=True)
+    if args.semi: bench_semi(args, device, tmp)
 
     mode = args.finetune
     if mode == 'auto':

@@ -357,3 +357,29 @@ def test_committed_study_counts_as_done(acdc_root):
     assert len(exps) == 120 and to_run(exps, res, acdc) == []
     changed = experiments(load_profile(dict(base='study', finetune=dict(epoch_steps=50))), acdc, res/'work', out=res)
     assert len(to_run(changed[:3], res, acdc)) == 3  # a setting that differs from its default is not the study's
+
+
+def test_ssl4mis_profile_end_to_end(tmp_path):
+    "The ssl4mis profile on a 100-patient phantom (tiny network, a few steps): its one fixed fold, semi-supervised rows beside a supervised one, the profile's pairs in the report."
+    data = write_phantom(tmp_path/'data', n_patients=100, seed=0)
+    prof = dict(base='ssl4mis', name='tiny-ssl4mis', Ms=[3], seeds=[0], methods=['random', 'bcp', 'bcp+glrp', 'mean-teacher'],
+                net=dict(f=4, size=[32, 32], spacing=5.0, precision='auto'),
+                pretrain=dict(epochs=1, local_epochs=1, batch=16, max_steps=2), finetune=dict(steps=4, epoch_steps=2, batch=8))
+    (tmp_path/'tiny.json').write_text(json.dumps(prof))
+    r = glrp_cli('reproduce', '--profile', 'tiny.json', '--data', data, '--out', 'out', cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = tmp_path/'out'
+    recs = results(out)
+    assert set(recs) == {f'main_table/{m}-M3-fold0' for m in prof['methods']}
+    man = json.loads(next((out/'work'/'manifests').glob('M3-*.json')).read_text())
+    f0 = man['folds'][0]
+    assert (man['params']['protocol'], len(f0['test']), len(f0['val']), len(f0['train']), f0['labeled']) == ('ssl4mis', 20, 10, 70, ['patient038', 'patient050', 'patient099'])
+    for m in ('bcp', 'bcp+glrp', 'mean-teacher'):
+        run = json.loads((out/'main_table'/f'{m}-M3-fold0'/'finetune'/'run.json').read_text())
+        assert (run['semi'], run['unlabeled_patients']) == (m.split('+')[0], 67)  # the 70 train patients but the 3 labeled
+        assert run['config']['semi'] == m.split('+')[0] and (run['config']['pretrained'] is None) == (m != 'bcp+glrp')
+    for rec in recs.values():
+        ev = rec['evaluations'][0]
+        assert ev['split'] == 'test' and len(ev['summary']['volumes']) == 40  # the 20 test patients' ED and ES
+    report = (out/'RESULTS.md').read_text()
+    assert '| 3 | bcp − random |' in report and '| 3 | bcp+glrp − bcp |' in report and '| 3 | mean-teacher − random |' in report
