@@ -383,3 +383,19 @@ def test_ssl4mis_profile_end_to_end(tmp_path):
         assert ev['split'] == 'test' and len(ev['summary']['volumes']) == 40  # the 20 test patients' ED and ES
     report = (out/'RESULTS.md').read_text()
     assert '| 3 | bcp − random |' in report and '| 3 | bcp+glrp − bcp |' in report and '| 3 | mean-teacher − random |' in report
+
+
+def test_committed_ssl4mis_results(acdc_root):
+    "results/ssl4mis (the ssl4mis profile on real ACDC, landing run by run): each result is one of the profile's experiments and counts as done; CSV and report agree with them; numbers only."
+    from glrp.reproduce import to_run
+    res = Path(__file__).resolve().parent.parent/'results'/'ssl4mis'
+    recs = results(res)
+    if not recs: pytest.skip('no ssl4mis result committed yet')
+    exps = {f'{e.notebook}/{e.name}': e for e in experiments(load_profile('ssl4mis'), acdc_root, res/'work', out=res)}
+    assert set(recs) <= set(exps), sorted(set(recs) - set(exps))
+    assert to_run([exps[k] for k in recs], res, acdc_root) == []  # made with the profile's parameters, from these files
+    check_tables_agree(res, recs)
+    assert {r['numerics']['precision'] for r in recs.values()} == {'bf16'} and len({r['software']['git_commit'] for r in recs.values()}) == 1
+    files = [p for p in res.rglob('*') if p.is_file()]
+    assert all(p.suffix in ('.json', '.csv', '.md') for p in files), files
+    for p in res.rglob('*.json'): assert not absolute_paths(json.loads(p.read_text())), p
