@@ -193,6 +193,7 @@ def _geometry(x:Tensor, params:AugParams, generator):
     theta = random_affine(B, params, generator, x.device, size=(H, W))
     return theta, random_displacement(B, size, params, generator, x.device, in_size=(H, W)), size
 
+# %% ../nbs/03_augment.ipynb #7f5f68df
 def augment(x:Tensor, # [B, C, H, W] images
             params:AugParams, # the ranges
             generator:torch.Generator|None=None, # source of randomness
@@ -202,6 +203,7 @@ def augment(x:Tensor, # [B, C, H, W] images
     theta, disp, size = _geometry(x, params, generator)
     return apply_intensity(apply_geometry(x, theta, size=size, disp=disp, padding=padding), params, generator)
 
+# %% ../nbs/03_augment.ipynb #0021e979
 def two_views(x:Tensor, # [B, 1, H, W] images
               params:AugParams, # the ranges
               generator:torch.Generator|None=None, # source of randomness
@@ -214,6 +216,7 @@ def two_views(x:Tensor, # [B, 1, H, W] images
     y = apply_geometry(x, theta, size=size, disp=disp, padding=padding)
     return apply_intensity(y, params, generator), apply_intensity(y, params, generator)
 
+# %% ../nbs/03_augment.ipynb #312d6b8c
 def augment_pair(img:Tensor, # [B, 1, H, W] images
                  lbl:Tensor, # [B, H, W] integer labels
                  params:AugParams, # the ranges

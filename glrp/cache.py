@@ -27,12 +27,14 @@ class Case:
     meta: PrepMeta  # for `restore`
     cached: bool = False  # True when read from the disk cache
 
+# %% ../nbs/00c_cache.ipynb #0cf24473
 def file_stamp(path) -> list:
     "[resolved path, size, mtime_ns] of a file: changes whenever the file is rewritten or touched."
     try: st = os.stat(path)
     except FileNotFoundError: raise MissingFileError(path, "file missing") from None
     return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
 
+# %% ../nbs/00c_cache.ipynb #f7509976
 def source_stamp(src:Source) -> list:
     "The stamps of a source's files (and its cine frame)."
     return [file_stamp(src.image), None if src.label is None else file_stamp(src.label), src.t]
@@ -46,6 +48,7 @@ def cache_path(src, # anything `as_source` takes
     where = json.dumps([str(src.image.resolve()), None if src.label is None else str(src.label.resolve()), src.t])
     return Path(cache_dir)/f"{src.name}-{hashlib.sha256(where.encode()).hexdigest()[:8]}-{params.key()}.npz"
 
+# %% ../nbs/00c_cache.ipynb #23d6df80
 def read_npz(path, # an uncompressed .npz (`np.savez`)
              names:tuple|None=None, # the arrays to read (default: all)
             ) -> dict:
@@ -70,6 +73,7 @@ def read_npz(path, # an uncompressed .npz (`np.savez`)
             out[name] = a.T if fortran else a
     return out
 
+# %% ../nbs/00c_cache.ipynb #2e7eb33f
 def _read_entry(path:Path, stamp:list, arrays:bool=True) -> Case|bool|None:
     "The cached `Case` at `path` (or True when `arrays` is False) if it matches `stamp`, else None."
     try:
@@ -80,6 +84,7 @@ def _read_entry(path:Path, stamp:list, arrays:bool=True) -> Case|bool|None:
         return Case(info['name'], z['image'], z.get('label'), PrepMeta.from_dict(info['meta']), cached=True)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile): return None  # missing, half-copied or foreign file: a miss
 
+# %% ../nbs/00c_cache.ipynb #2ec05679
 def _write_entry(path:Path, case:Case, stamp:list):
     "Store `case` at `path` atomically, with the stamp it was computed from."
     info = json.dumps(dict(version=CACHE_VERSION, name=case.name, stamp=stamp, meta=case.meta.to_dict()))
@@ -87,6 +92,7 @@ def _write_entry(path:Path, case:Case, stamp:list):
     with atomic_path(path) as tmp:
         with open(tmp, 'wb') as f: np.savez(f, **arrays)
 
+# %% ../nbs/00c_cache.ipynb #465779a0
 def load_case(src, # a `Frame`, a cine `Source`, an image path or (cine path, t)
               params:PrepParams|None=None, # defaults: `PrepParams()`
               cache_dir=None, # folder of the disk cache; None: no cache
@@ -110,6 +116,7 @@ def case_sources(patients:list, # `Patient`s from `index_acdc`
     "The `Source`s of the patients' labeled frames (and cine frames)."
     return [as_source(f) for p in patients for f in p.frames] + ([s for p in patients for s in cine_sources(p)] if cine else [])
 
+# %% ../nbs/00c_cache.ipynb #2d2347be
 def _fill_entries(srcs:list, params:PrepParams, cache_dir):
     "Compute and store the cache entries of `srcs`: one volume, or frames of one cine, decoded once (in a worker process)."
     if srcs[0].t is None:
@@ -122,6 +129,7 @@ def _fill_entries(srcs:list, params:PrepParams, cache_dir):
         case = Case(s.name, *preprocess(_cine_frame(a, path, s.t), sp, params, name=path))
         _write_entry(cache_path(s, params, cache_dir), case, stamp)
 
+# %% ../nbs/00c_cache.ipynb #b083aa9a
 def _tasks(srcs:list) -> list:
     "`srcs` grouped into work items: each 3D volume alone, the frames of each cine together."
     cines, out = {}, []
@@ -130,6 +138,7 @@ def _tasks(srcs:list) -> list:
         else: cines.setdefault(s.image, []).append(s)
     return list(cines.values()) + out  # the long cine tasks first
 
+# %% ../nbs/00c_cache.ipynb #c20be472
 def preprocess_dataset(patients:list, # `Patient`s from `index_acdc`
                        params:PrepParams|None, # None: `PrepParams()`
                        cache_dir, # folder of the disk cache

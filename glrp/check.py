@@ -21,6 +21,7 @@ def _entries(folder:Path) -> list:
     "The non-hidden entries of `folder`, sorted."
     return sorted(e for e in folder.iterdir() if not e.name.startswith('.'))
 
+# %% ../nbs/00a_check.ipynb #3131c5e9
 def _is_doc(p:Path) -> bool: return p.is_file() and p.suffix.lower() in DOC_SUFFIXES
 
 def _collect(problems:list, fn, *args, **kwargs):
@@ -28,6 +29,7 @@ def _collect(problems:list, fn, *args, **kwargs):
     try: return fn(*args, **kwargs)
     except DataError as e: problems.append(e)
 
+# %% ../nbs/00a_check.ipynb #2b1a9d31
 def check_frame(image:Path, # the frame's image file
                 label:Path|None, # its label file; None: unlabeled
                 label_map:dict=ACDC_LABELS, # file label value -> structure
@@ -43,6 +45,7 @@ def check_frame(image:Path, # the frame's image file
         _collect(problems, check_same_grid, image, im[0].shape, im[1], label, lb[0].shape, lb[1], im[2].affine, lb[2].affine)
     return problems
 
+# %% ../nbs/00a_check.ipynb #12281319
 def check_cine(path:Path, # a patient's 4D cine
                nb_frames:int|None=None, # Info.cfg's NbFrame
                grid:tuple|None=None, # (shape, spacing) of the patient's frames
@@ -59,6 +62,7 @@ def check_cine(path:Path, # a patient's 4D cine
     for t in np.flatnonzero(flat.min(0) == flat.max(0)): problems.append(IntensityError(path, f"frame {t+1} is constant"))
     return problems
 
+# %% ../nbs/00a_check.ipynb #8029b0f0
 def check_patient(folder, # a patientXXX folder
                   label_map:dict=ACDC_LABELS, # file label value -> structure
                   labels:bool=True, # require the label files
@@ -88,6 +92,7 @@ def check_patient(folder, # a patientXXX folder
     if cine.is_file(): problems += check_cine(cine, info['NbFrame'] if info else None, grid)
     return problems
 
+# %% ../nbs/00a_check.ipynb #5b0309da
 def check_dataset(root, # a dataset root, a split folder or a folder of patientXXX folders
                   label_map:dict=ACDC_LABELS, # file label value -> structure
                   labels:bool=True, # require ED/ES label files

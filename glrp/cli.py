@@ -28,6 +28,7 @@ def cmd_synth(args) -> int:
     print(f"wrote {args.patients} synthetic patients (seed {args.seed}, {args.cine} with cine) to {Path(out)/'training'}")
     return 0
 
+# %% ../nbs/10_cli.ipynb #bf7ff30a
 def cmd_check_data(args) -> int:
     "Print every problem in a dataset; exit code 0 only when there is none."
     problems = check_dataset(args.data)
@@ -36,6 +37,7 @@ def cmd_check_data(args) -> int:
     print(f"{args.data}: " + (f"{len(problems)} problem(s)" if problems else f"clean ({n} patients)"))
     return 1 if problems else 0
 
+# %% ../nbs/10_cli.ipynb #860d7ba6
 def cmd_partition(args) -> int:
     "Partition a dataset into folds, validation, labeled and unlabeled pools; write the JSON manifest."
     patients = checked_index(args.data)  # check-data's checks: a broken dataset is refused here, not hours later
@@ -47,6 +49,7 @@ def cmd_partition(args) -> int:
     print(f"manifest: {args.out}")
     return 0
 
+# %% ../nbs/10_cli.ipynb #f951d778
 def _distance(v:str):
     "'fov', 'nan' or a distance >= 0 in mm (argparse names the option when it is none of them)."
     if v in ('fov', 'nan'): return v
@@ -56,6 +59,7 @@ def _distance(v:str):
     return d
 _distance.__name__ = 'distance'
 
+# %% ../nbs/10_cli.ipynb #6a714c5d
 def cmd_evaluate(args) -> int:
     "Evaluate NIfTI predictions against ACDC-layout ground truth; write metrics.csv, summary.json, summary.md and indices.csv (volumes, EF, mass per patient)."
     import warnings
@@ -69,6 +73,8 @@ def cmd_evaluate(args) -> int:
     print(summary_markdown(res))
     if args.out: print(f"per-volume metrics and summary: {args.out}")
     return 0
+
+# %% ../nbs/10_cli.ipynb #1d273745
 def cmd_pretrain(args) -> int:
     "Contrastive pretraining on a fold's unlabeled pool (global, local, global+local or joint)."
     cfg = config_from_args(PretrainConfig, args)
@@ -76,6 +82,7 @@ def cmd_pretrain(args) -> int:
     if res['log'] and os.environ.get('RANK', '0') == '0': print(f"pretrain: {len(res['log'])} epochs, last loss {res['log'][-1]['loss']:.4f}; checkpoint {res['checkpoint']}")
     return 0
 
+# %% ../nbs/10_cli.ipynb #9c55adc6
 def cmd_finetune(args) -> int:
     "Fine-tune on a fold's labeled patients; keep the best epoch by validation Dice."
     cfg = config_from_args(FinetuneConfig, args)
@@ -86,6 +93,7 @@ def cmd_finetune(args) -> int:
         print(f"model folder (glrp predict MODEL -i INPUT -o OUTPUT): {export_model(Path(res['out'])/'best.pt', Path(res['out'])/'model')}")
     return 0
 
+# %% ../nbs/10_cli.ipynb #48ea35ae
 def cmd_predict(args) -> int:
     "Segment scans with a model folder (-i INPUT -o OUTPUT), or predict a role of a fold with a fine-tuned checkpoint (the reproduction)."
     import warnings
@@ -116,6 +124,8 @@ def cmd_predict(args) -> int:
         print(f"glrp predict: {len(res.failed)} input(s) failed, listed above; {len(res.written)} label file(s) written", file=sys.stderr)
         return 2
     return 0
+
+# %% ../nbs/10_cli.ipynb #728e9852
 def cmd_reproduce(args) -> int:
     "Run a reproduction profile's experiment notebooks; assemble results.csv and RESULTS.md; exit 1 naming failed experiments."
     from glrp.reproduce import reproduce, Interrupted, load_profile
@@ -141,6 +151,7 @@ def _opt_type(t):
     f.__name__ = t.__name__
     return f
 
+# %% ../nbs/10_cli.ipynb #4689fcd9
 def _json_object(s:str) -> dict:
     "A JSON object given on the command line (argparse names the option when this fails)."
     import json as _json
@@ -150,6 +161,7 @@ def _json_object(s:str) -> dict:
     return v
 _json_object.__name__ = 'JSON'
 
+# %% ../nbs/10_cli.ipynb #41117cfa
 def add_config_args(parser:argparse.ArgumentParser, # the subcommand's parser
                     cls, # a config dataclass
                     positional:tuple=(), # fields taken as positional arguments
@@ -170,6 +182,7 @@ def add_config_args(parser:argparse.ArgumentParser, # the subcommand's parser
         base = {'int': int, 'float': float, 'str': str}[ann.split('|')[0]]
         parser.add_argument(name, type=_opt_type(base) if '|None' in ann else base, **kw)
 
+# %% ../nbs/10_cli.ipynb #881b712b
 def config_from_args(cls, args):
     "The config `cls` from parsed arguments."
     import dataclasses
@@ -182,6 +195,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         h = action.help or ''
         return h if 'default' in h or action.default is None or action.default is False else super()._get_help_string(action)
 
+# %% ../nbs/10_cli.ipynb #f04eaedb
 def build_parser() -> argparse.ArgumentParser:
     "The `glrp` argument parser with all subcommands."
     fmt = HelpFormatter

@@ -115,6 +115,7 @@ def available_cores() -> int:
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
 
+# %% ../nbs/07_crf.ipynb #b9194d65
 MIN_POOL_PIXELS = 2**18  # with workers=None, smaller jobs (about 16 slices of 128x128) run in this process: a pool costs more than it saves
 
 _WORKER = {}  # in a pool's worker process only: the arrays of the current `_Refiner`, set by `_init_worker`
@@ -123,11 +124,13 @@ def _views(raw, shapes:list, dtype) -> list:
     "numpy views of shape `shapes[i]` on the shared buffers `raw[i]`."
     return [np.frombuffer(r, dtype=dtype).reshape(sh) for r, sh in zip(raw, shapes)]
 
+# %% ../nbs/07_crf.ipynb #dc0abe11
 def _init_worker(vols:list, imgs:list, raw_q:list, raw_l:list):
     "Pool initializer: keep the inputs and the output buffers of this pool's `_Refiner`."
     _WORKER.update(vols=vols, imgs=imgs, q=_views(raw_q, [v.shape for v in vols], np.float32),
                    labels=_views(raw_l, [im.shape for im in imgs], np.uint8))
 
+# %% ../nbs/07_crf.ipynb #6cd01307
 def _refine_chunk(v:int, z0:int, z1:int, # volume index, slice range
                   params:CRFParams,
                   arrays:dict|None=None, # dict(vols, imgs, q, labels); None: this worker's `_WORKER`
@@ -139,6 +142,7 @@ def _refine_chunk(v:int, z0:int, z1:int, # volume index, slice range
         a['q'][v][:, z] = q
         a['labels'][v][z] = q.argmax(0)
 
+# %% ../nbs/07_crf.ipynb #4b53cc49
 class _Refiner:
     "Refines a fixed list of checked volumes, with any number of parameter settings, serially or with a pool."
     def __init__(self, vols:list, imgs:list, workers:int|None=None, start_method:str|None=None):
@@ -174,6 +178,7 @@ class _Refiner:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
+# %% ../nbs/07_crf.ipynb #f48437cc
 def _as_volumes(probs, image) -> tuple:
     "(list of (C, Z, H, W), list of (Z, H, W), form) where form is 'volume', 'batch' or 'list'."
     if isinstance(probs, (list, tuple)) or isinstance(image, (list, tuple)):
@@ -189,12 +194,14 @@ def _as_volumes(probs, image) -> tuple:
     raise ShapeError('volume', f"expected probabilities (C, Z, H, W) with image (Z, H, W), or (B, C, Z, H, W) with (B, Z, H, W); "
                                f"got {probs.shape} and {image.shape}")
 
+# %% ../nbs/07_crf.ipynb #8f79575f
 def _checked(probs, image, atol:float) -> tuple:
     "(checked float32 volumes, float32 images, form)."
     vols, imgs, form = _as_volumes(probs, image)
     checked = [check_inputs(p, im, atol, name='volume' if form == 'volume' else f'volume {i}') for i, (p, im) in enumerate(zip(vols, imgs))]
     return [p for p, _ in checked], [im for _, im in checked], form
 
+# %% ../nbs/07_crf.ipynb #745b2950
 def crf_refine(probs, # (C, Z, H, W) softmax of one volume, (B, C, Z, H, W) of a batch, or a list of (C, Z, H, W)
                image, # (Z, H, W) intensities, (B, Z, H, W), or a list of (Z, H, W), matching `probs`; any units
                params:CRFParams|None=None, # defaults: `CRFParams()`

@@ -237,6 +237,7 @@ def patient_dirs(root, # a dataset root, a split folder or a folder of patientXX
     if not dirs: raise LayoutError(root, "no patientXXX folders found (expected ACDC layout: training/patient001/...)")
     return sorted(dirs, key=lambda d: d.name)
 
+# %% ../nbs/00_data.ipynb #0c103ff1
 def read_patient(folder, # a patientXXX folder
                  labels:bool=True, # require the `_gt` label files
                 ) -> Patient:
@@ -259,6 +260,7 @@ def read_patient(folder, # a patientXXX folder
     return Patient(pid, folder.parent.name, folder, info['Group'], info['Height'], info['Weight'], info['NbFrame'],
                    info['ED'], info['ES'], frames, cine if cine.is_file() else None, cine_shape)
 
+# %% ../nbs/00_data.ipynb #59d5cc8b
 def index_acdc(root, # a dataset root, a split folder or a folder of patientXXX folders
                labels:bool=True, # require ED/ES label files (False for unlabeled data)
               ) -> list:
@@ -318,6 +320,7 @@ def _check_data_size(hdr:nib.Nifti1Header, shape:tuple, n_bytes:int, path):
     need = offset + math.prod(shape)*dtype.itemsize
     if need > n_bytes: raise CorruptFileError(path, f"header claims {shape} voxels of {dtype} ({need:,} bytes with the header), the file holds {n_bytes:,}")
 
+# %% ../nbs/00_data.ipynb #4859dc48
 def _load_whole(path, ndim:int|None=None) -> tuple:
     """(nibabel image with its bytes in memory, shape, zooms) of `path`; its header as stored passes `check_header`
     and `_check_data_size` before any voxel is decoded. A `.nii.gz` is decompressed in one go, which checks its CRC
@@ -340,17 +343,20 @@ def _load_whole(path, ndim:int|None=None) -> tuple:
         except Exception as e: errs.append(e)
     raise CorruptFileError(path, f"unreadable NIfTI ({type(errs[0]).__name__}: {errs[0]})")
 
+# %% ../nbs/00_data.ipynb #6c49c737
 def _decode(img:nib.Nifti1Image, path, index=None) -> np.ndarray:
     "The voxels of `img` (or of `img.dataobj[index]`), scaled; `CorruptFileError` when decoding fails."
     try: return np.asanyarray(img.dataobj if index is None else img.dataobj[index])
     except Exception as e: raise CorruptFileError(path, f"cannot decode voxel data ({type(e).__name__}: {e})") from None
 
+# %% ../nbs/00_data.ipynb #ff70d72d
 def _check_finite(a:np.ndarray, path, what='volume'):
     "`IntensityError` if `a` holds NaN or Inf."
     if a.dtype.kind == 'f':
         bad = a.size - np.count_nonzero(np.isfinite(a))
         if bad: raise IntensityError(path, f"{what} has {bad} NaN/Inf voxel(s)")
 
+# %% ../nbs/00_data.ipynb #b6a6530f
 def load_nifti(path, # a .nii or .nii.gz file
                ndim:int=3, # the dimensionality the array must have (4 for a cine)
               ) -> tuple:
@@ -442,6 +448,7 @@ def grid_difference(shape_a:tuple, spacing_a:tuple, # grid a
     if not np.allclose(a[:3, 3], b[:3, 3], atol=GRID_TOL): return f"origin {np.round(a[:3, 3], 3).tolist()} mm differs from origin {np.round(b[:3, 3], 3).tolist()} mm"
     return None
 
+# %% ../nbs/00_data.ipynb #06718119
 def check_same_grid(image_path, image_shape:tuple, image_spacing:tuple, # the image file, its shape and spacing
                     label_path, label_shape:tuple, label_spacing:tuple, # the label file, its shape and spacing
                     image_affine=None, label_affine=None, # their affines (nibabel's `img.affine`); compared when both are given
@@ -450,6 +457,7 @@ def check_same_grid(image_path, image_shape:tuple, image_spacing:tuple, # the im
     d = grid_difference(label_shape, label_spacing, image_shape, image_spacing, label_affine, image_affine)
     if d: raise ShapeError(label_path, f"label {d} of image {image_path}")
 
+# %% ../nbs/00_data.ipynb #b3259d5b
 def load_cine_frame(path, # a 4D cine .nii.gz
                     t:int, # 1-based frame number
                    ) -> tuple:
@@ -462,6 +470,7 @@ def load_cine_frame(path, # a 4D cine .nii.gz
     _check_not_constant(a, path, f"frame {t}")
     return a, zooms[:3]
 
+# %% ../nbs/00_data.ipynb #91f3d57a
 def _check_frame_number(path, t:int, T:int):
     if not 1 <= t <= T: raise ShapeError(path, f"frame {t} outside the cine's frames 1..{T}")
 
@@ -471,6 +480,7 @@ def _cine_frame(a:np.ndarray, path, t:int) -> np.ndarray:
     _check_not_constant(v, path, f"frame {t}")
     return v
 
+# %% ../nbs/00_data.ipynb #68978596
 def load_volume(src, # a `Source`, `Frame`, image path or (cine path, t)
                 label_map:dict=ACDC_LABELS, # file label value -> structure
                ) -> tuple:

@@ -95,6 +95,7 @@ def _comm_device(x:Tensor) -> torch.device:
     if b == 'gloo': return torch.device('cpu')
     return x.device
 
+# %% ../nbs/05a_distributed.ipynb #b66b8ade
 def _check_shapes(x:Tensor):
     "Raise `RankMismatchError` on every rank unless all ranks hold tensors of the same shape."
     dev = _comm_device(x)
@@ -106,6 +107,7 @@ def _check_shapes(x:Tensor):
         raise RankMismatchError(f"ranks hold tensors of different shapes {shapes} (by rank); every rank needs the same "
                                 "local batch size (drop the last incomplete batch)")
 
+# %% ../nbs/05a_distributed.ipynb #741478b5
 def _all_gather(x:Tensor) -> Tensor:
     dev = _comm_device(x)
     xc = x.detach().to(dev)
@@ -115,6 +117,7 @@ def _all_gather(x:Tensor) -> Tensor:
     dist.all_gather(out, xc)
     return torch.cat(out).to(device=x.device, dtype=x.dtype)
 
+# %% ../nbs/05a_distributed.ipynb #ca602b8f
 class _GatherWithGrad(torch.autograd.Function):
     "Forward: all_gather along dim 0. Backward: all_reduce(sum) of the gradient, then this rank's rows."
     @staticmethod
@@ -127,6 +130,7 @@ class _GatherWithGrad(torch.autograd.Function):
         dist.all_reduce(gc, op=dist.ReduceOp.SUM)
         return gc[ctx.rank*ctx.b:(ctx.rank + 1)*ctx.b].to(device=g.device, dtype=g.dtype)
 
+# %% ../nbs/05a_distributed.ipynb #c3e11dcc
 def gather_nograd(x:Tensor, # [b, ...] this rank's tensor (metadata: positions, partitions, volume ids)
                   check:bool=True, # first check that all ranks hold the same shape
                  ) -> Tensor:
@@ -136,6 +140,7 @@ def gather_nograd(x:Tensor, # [b, ...] this rank's tensor (metadata: positions, 
     if check: _check_shapes(x)
     return _all_gather(x)
 
+# %% ../nbs/05a_distributed.ipynb #d29b8c4a
 def gather_with_grad(x:Tensor, # [b, ...] this rank's tensor (embeddings)
                      check:bool=True, # first check that all ranks hold the same shape
                     ) -> Tensor:

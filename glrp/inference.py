@@ -35,6 +35,7 @@ def segmentation_model(ck:dict, # a checkpoint from `load_checkpoint`
         raise DataError(path, f"weights do not fit its model_args {ck['model_args']}: {first}") from None
     return model
 
+# %% ../nbs/06b_inference.ipynb #7292da4c
 def read_crf_params(p) -> 'CRFParams':
     "`CRFParams` from None (the defaults), a dict, a `CRFParams` or a JSON file; a `ConfigError` naming the file or the key otherwise."
     from glrp.crf import CRFParams
@@ -49,6 +50,7 @@ def read_crf_params(p) -> 'CRFParams':
     try: return CRFParams.from_dict(p)  # names unknown keys
     except (TypeError, ValueError) as e: raise ConfigError(f"{src}: {e}") from None
 
+# %% ../nbs/06b_inference.ipynb #27be5379
 def untuned_crf(source, # the checkpoint or model folder that holds no tuned CRF parameters
                ) -> InputError:
     "The refusal of a CRF forced on without parameters: untuned, it can erase whole structures."
@@ -56,6 +58,7 @@ def untuned_crf(source, # the checkpoint or model folder that holds no tuned CRF
                       "and leaves them out where the CRF did not help). Untuned, the CRF can erase whole structures: pass --crf-params FILE "
                       "(a CRFParams JSON; {} for the defaults) to choose them, or leave the CRF off")
 
+# %% ../nbs/06b_inference.ipynb #99c4f15c
 def predict(checkpoint, # a fine-tuned checkpoint (best.pt or last.pt of glrp finetune)
             out, # folder for patientXXX_frameYY.nii.gz
             role:str='test', # which volumes: test, val, train, labeled (of the fold) or all labeled volumes
@@ -122,6 +125,7 @@ def _model_md(info:dict) -> str:
              "non-commercial use, attribution, share alike. Not a medical device.", ""]
     return '\n'.join(lines)
 
+# %% ../nbs/06b_inference.ipynb #d60f1bb3
 def export_model(checkpoint, # a fine-tuned checkpoint (best.pt of glrp finetune)
                  out, # the model folder to write (created; files replaced atomically)
                  crf=None, # CRF parameters tuned on validation (`CRFParams` or dict); None: no CRF by default
@@ -146,6 +150,7 @@ def export_model(checkpoint, # a fine-tuned checkpoint (best.pt of glrp finetune
     with atomic_path(out/'MODEL.md') as tmp_: Path(tmp_).write_text(_model_md(info))
     return out
 
+# %% ../nbs/06b_inference.ipynb #81109216
 def read_model(folder, # a model folder from `export_model`
               ) -> tuple:
     "(UNet with its weights, in eval mode; model.json as a dict), each checked; `DataError`s name the file."

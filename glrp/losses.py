@@ -56,17 +56,20 @@ def _volume_rule(W:Tensor, vol:Tensor|None, same_volume:bool) -> Tensor:
         W = W * (vol[:, None] != vol[None]).to(W.dtype)
     return W.fill_diagonal_(1.)
 
+# %% ../nbs/05_losses.ipynb #72d35e5e
 def _dp(p:Tensor) -> Tensor:
     "|p_i - p_j| in float64: a pair lying exactly on a threshold must not flip with rounding."
     p = torch.as_tensor(p).to(torch.float64)
     if p.ndim != 1: raise ValueError(f"positions must be a 1-D tensor, got shape {tuple(p.shape)}")
     return (p[:, None] - p[None]).abs()
 
+# %% ../nbs/05_losses.ipynb #4721e94d
 def simclr_weights(n:int, # number of slices N
                   ) -> Tensor:
     "SimCLR: only the other view of the same slice is a positive (W = I)."
     return torch.eye(n)
 
+# %% ../nbs/05_losses.ipynb #cc4bead1
 def gcl_weights(part:Tensor, # [N] partition index of each slice
                 vol:Tensor|None=None, # [N] volume id of each slice (needed for `same_volume=False`)
                 same_volume:bool=True, # also count same-partition slices of the same volume as positives
@@ -75,6 +78,7 @@ def gcl_weights(part:Tensor, # [N] partition index of each slice
     part = torch.as_tensor(part)
     return _volume_rule((part[:, None] == part[None]).float(), vol, same_volume)
 
+# %% ../nbs/05_losses.ipynb #951a076a
 def glrp_weights(p:Tensor, # [N] relative position of each slice in its volume, in (0, 1)
                  tau:float=0.35, # tent half-width / hard threshold
                  kernel:str='tent', # 'tent', 'gaussian' or 'hard'
@@ -90,6 +94,7 @@ def glrp_weights(p:Tensor, # [N] relative position of each slice in its volume, 
     else: raise ValueError(f"unknown kernel {kernel!r}; expected 'tent', 'gaussian' or 'hard'")
     return _volume_rule(W, vol, same_volume)
 
+# %% ../nbs/05_losses.ipynb #602c86d1
 def pcl_weights(p:Tensor, # [N] relative position of each slice in its volume
                 threshold:float=0.35, # PCL's ACDC threshold
                 vol:Tensor|None=None, # [N] volume id of each slice (needed for `same_volume=False`)
@@ -131,6 +136,7 @@ def region_boxes(h:int, w:int, # map height and width
     xs = torch.linspace(0, w - size, n_regions).round().long().tolist()
     return [(y, x, size) for y in ys for x in xs]
 
+# %% ../nbs/05_losses.ipynb #189a48f0
 def region_masks(h:int, w:int, # map height and width
                  n_regions:int=3, # regions per side (k)
                  size:int|None=None, # region side in pixels
@@ -142,6 +148,7 @@ def region_masks(h:int, w:int, # map height and width
     for r, (y, x, s) in enumerate(boxes): m[r, y:y+s, x:x+s] = 1 / s**2
     return m
 
+# %% ../nbs/05_losses.ipynb #687d95d9
 def region_features(maps:Tensor, # [B, d, h, w] projection maps
                     n_regions:int=3, # regions per side
                     size:int|None=None, # region side in pixels
@@ -150,6 +157,7 @@ def region_features(maps:Tensor, # [B, d, h, w] projection maps
     masks = region_masks(*maps.shape[-2:], n_regions, size, device=maps.device).flatten(1)  # [R, h*w]
     return masks @ maps.float().permute(0, 2, 3, 1).flatten(1, 2)  # [B, h*w, d]: a view of channels_last maps, no copy
 
+# %% ../nbs/05_losses.ipynb #b6e25683
 def pool_regions(proj:Tensor, # [b, V, d, h, w] projection maps
                  n_regions:int=3, # regions per side (k)
                  size:int|None=None, # region side in pixels (default: the map tiled)
@@ -160,6 +168,7 @@ def pool_regions(proj:Tensor, # [b, V, d, h, w] projection maps
     r = region_features(proj.flatten(0, 1), n_regions, size)  # [b*V, k*k, d], regions row by row
     return r.view(b, V, n_regions, n_regions, d).permute(0, 1, 4, 2, 3)
 
+# %% ../nbs/05_losses.ipynb #75dada74
 def local_loss(proj:Tensor, # [N, V, d, h, w] projection maps of N slices in V views (same geometry)
                W:Tensor|None=None, # [N, N] slice weights for relative-position positives (None: other view only)
                n_regions:int=3, # regions per side

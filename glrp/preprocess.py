@@ -33,6 +33,7 @@ def axis_weights(n_in:int, # input pixels
     else: raise ValueError(f"order must be 0, 1 or 3, not {order}")
     return np.clip(taps, 0, n_in - 1).astype(np.intp), w.astype(np.float32)  # clamped taps: edges repeat
 
+# %% ../nbs/00b_preprocess.ipynb #d0c43a6a
 def _resize_axis(a:np.ndarray, n:int, axis:int, order:int) -> np.ndarray:
     "Resample float32 `a` along `axis` to `n` pixels."
     idx, w = axis_weights(a.shape[axis], n, order)
@@ -42,6 +43,7 @@ def _resize_axis(a:np.ndarray, n:int, axis:int, order:int) -> np.ndarray:
         t = np.take(a, idx[:, k], axis); t *= w[:, k].reshape(shape); out += t
     return out
 
+# %% ../nbs/00b_preprocess.ipynb #3e24b5c8
 def resize_inplane(a:np.ndarray, # (..., h, w) stack of slices
                    shape:tuple, # the new (h, w)
                    order:int=1, # 0 nearest (keeps the dtype), 1 linear, 3 cubic (float32 out)

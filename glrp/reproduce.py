@@ -211,12 +211,14 @@ def finetuned_model(cfg:FinetuneConfig, # the fine-tuning (cfg.out is the run fo
     if not (out/'best.pt').is_file(): raise DataError(out, "fine-tuning kept no best.pt (no validation volumes?)")
     return out/'best.pt'
 
+# %% ../nbs/09_reproduce.ipynb #2fd6d5ea
 def _run_paths(checkpoint) -> tuple:
     "(FinetuneConfig, manifest dict, cache folder) of a fine-tuned checkpoint; paths as recorded relative to its run folder (valid when the output folder moved)."
     ck = load_checkpoint(checkpoint)
     rec = run_inputs(ck, checkpoint)
     return FinetuneConfig.from_dict(ck['config']), read_manifest(rec['manifest']), rec['cache']
 
+# %% ../nbs/09_reproduce.ipynb #cc8acbea
 def validation_crf(checkpoint, # fine-tuned checkpoint (best.pt)
                    out, # folder for the validation predictions (probabilities kept for the tuning)
                    grid:dict|None=None, # CRFParams field -> values; None: `glrp.crf.DEFAULT_GRID`
@@ -232,6 +234,7 @@ def validation_crf(checkpoint, # fine-tuned checkpoint (best.pt)
     if max(t['gain'] for t in table) <= 0: best = replace(best, iterations=0)  # like nnU-Net's post-processing: kept only if it helps on validation
     return best, table
 
+# %% ../nbs/09_reproduce.ipynb #a1801e5b
 def _light(summary:dict) -> dict:
     "The summary without per-volume records and bulky fields."
     return {k: v for k, v in summary.items() if k not in ('records', 'conventions')}
@@ -281,12 +284,14 @@ def relative_path(path, # absolute, or relative to the current directory; None s
     "`path` as a result JSON in `folder` records it: relative to `folder`, '/'-separated (the rule of a manifest's `root`)."
     return portable_root(path, folder)
 
+# %% ../nbs/09_reproduce.ipynb #40e5c3cc
 def resolve_path(path, # a path recorded in a result JSON or parameters file in `folder` (relative to it, or absolute); None stays None
                  folder, # the folder holding that file
                 ) -> Path|None:
     "The absolute path that a recorded path names."
     return None if path is None else Path(resolve_root(str(path), folder))
 
+# %% ../nbs/09_reproduce.ipynb #0fb44215
 NOT_PARAMETERS = ('In', 'Out', 'exit', 'quit', 'get_ipython', 'result')  # IPython's names, and the result path
 
 def notebook_parameters(ns:dict, # the notebook's `globals()`, taken right after its parameters cell (and papermill's injected one)
@@ -295,6 +300,7 @@ def notebook_parameters(ns:dict, # the notebook's `globals()`, taken right after
     plain = (str, int, float, bool, list, tuple, dict, type(None))
     return {k: v for k, v in ns.items() if not k.startswith('_') and k not in NOT_PARAMETERS and isinstance(v, plain)}
 
+# %% ../nbs/09_reproduce.ipynb #1c29d16c
 def result_record(parameters:dict, # the experiment's parameters (as papermill passed them)
                   evaluations:list, # dicts with split, crf (a label), summary (from `evaluation`)
                   seconds:float, # wall time of the experiment
@@ -311,6 +317,7 @@ def result_record(parameters:dict, # the experiment's parameters (as papermill p
                 device=dev, threads=torch.get_num_threads(), software=provenance(), finished=time.strftime('%Y-%m-%dT%H:%M:%S'),
                 **extra)
 
+# %% ../nbs/09_reproduce.ipynb #ecc6efa3
 def write_result(rec:dict, path) -> Path:
     "Write the result JSON atomically (numpy values and NaN made JSON-safe)."
     def clean(o):
@@ -336,6 +343,7 @@ ABLATION_DEFAULT = [  # variants of GLRP: (name, overrides of the experiment's P
     ('joint', dict(stage='joint')),
 ]
 
+# %% ../nbs/09_reproduce.ipynb #de91383c
 PROFILE_DEFAULTS = dict(  # what a profile leaves alone unless it says otherwise
     protocol='glrp',  # the split (`make_manifest`): 'glrp' folds, PCL's folds ('pcl'), or the semi-supervised literature's one fixed fold ('ssl4mis')
     pairs=None,  # (a, b) method pairs of the paired tables; None: `glrp.stats.PAIRS`
@@ -347,6 +355,7 @@ PROFILE_DEFAULTS = dict(  # what a profile leaves alone unless it says otherwise
     finetune={},  # FinetuneConfig fields that differ from its defaults (epochs or steps, lr, val_every, ...)
 )
 
+# %% ../nbs/09_reproduce.ipynb #7cb231ed
 PROFILES = {name: PROFILE_DEFAULTS | p for name, p in dict(
     smoke=dict(data=None, phantom_patients=20, folds=5, run_folds=[0], seeds=[0], Ms=[10], val=2, methods=list(METHOD_PLANS),
                net=dict(f=8, spacing=2.5, size=[64, 64]),
@@ -387,10 +396,13 @@ class Experiment:
     @property
     def label(self) -> str: return f"{self.notebook}/{self.name}"
 
+# %% ../nbs/09_reproduce.ipynb #7d261b15
 RUN_FIELDS = ('manifest', 'out', 'fold', 'data', 'cache', 'seed', 'device', 'workers', 'progress', 'pretrained', 'parts')  # each experiment sets these
 METHOD_FIELDS = ('method', 'stage', 'base_temperature', 'positions', 'semi')  # each method's plan sets these (`METHOD_PLANS`, `semi_method`); an ablation variant may too
 NET_FIELDS = ('f', 'depth', 'norm', 'spacing', 'size', 'fast', 'precision')  # one value for pretraining and fine-tuning: a profile's `net`
 SECTIONS = dict(net=PretrainConfig, pretrain=PretrainConfig, finetune=FinetuneConfig)  # a profile's config sections and the class of their fields
+
+# %% ../nbs/09_reproduce.ipynb #aef346f0
 SETTINGS = ('protocol', 'phantom_patients', 'folds', 'val', 'pretrain_seed', 'with_crf', 'crf_grid', *SECTIONS)  # what decides one experiment's numbers
 
 def section_settings(section:str, # 'net', 'pretrain' or 'finetune'
@@ -403,6 +415,7 @@ def section_settings(section:str, # 'net', 'pretrain' or 'finetune'
         raise InputError(f"unknown {section} setting(s) {', '.join(unknown)}; {cls.__name__} fields a profile may set here: {', '.join(own)}")
     return {k: (f.default_factory() if f.default is MISSING else f.default) for k, f in own.items() if k not in METHOD_FIELDS} | dict(overrides or {})
 
+# %% ../nbs/09_reproduce.ipynb #51f0a504
 def load_profile(profile, # a name in `PROFILES`, a dict, or a JSON file holding a dict (with optional 'base': a profile name)
                 ) -> dict:
     "The profile's settings (a JSON profile's keys override its base profile's; its net, pretrain and finetune key by key), checked."
@@ -421,11 +434,13 @@ def load_profile(profile, # a name in `PROFILES`, a dict, or a JSON file holding
     for s in SECTIONS: section_settings(s, p[s])
     return p
 
+# %% ../nbs/09_reproduce.ipynb #5fb1451a
 def experiment_settings(profile:dict, # from `load_profile`
                        ) -> dict:
     "The settings that decide one experiment's numbers, config sections complete (the configs' defaults filled in): the notebooks' `settings`."
     return {k: section_settings(k, profile[k]) if k in SECTIONS else profile[k] for k in SETTINGS}
 
+# %% ../nbs/09_reproduce.ipynb #75dca1c8
 def experiments(profile:dict, # from `load_profile`
                 data, # dataset folder, or None (the phantom, where the profile allows it)
                 work, # the work folder shared by the experiments
@@ -467,6 +482,7 @@ class Interrupted(Exception):
         name = signal.Signals(signum).name
         super().__init__(f"interrupted by {name}; " + (f"stopped without a result (a rerun redoes them): {', '.join(self.stopped)}" if self.stopped else "no experiment was running"))
 
+# %% ../nbs/09_reproduce.ipynb #d99483c8
 def check_parameters_cell(path, # a notebook
                          ) -> int:
     "The index of `path`'s cell tagged `parameters`; `NotebookError` naming the file when there is none."
@@ -479,6 +495,7 @@ def check_parameters_cell(path, # a notebook
     raise NotebookError(f"{path}: no cell tagged 'parameters' (papermill would ignore every parameter); tag the cell that "
                         "holds the defaults, and keep `allowed_cell_metadata_keys = tags` in settings.ini so nbdev_clean keeps it")
 
+# %% ../nbs/09_reproduce.ipynb #d134a8a8
 def notebooks_folder() -> Path:
     "The experiment notebooks main_table, ablation and figures.ipynb: glrp's package data `glrp/repro/`, found with `importlib.resources`."
     d = importlib.resources.files('glrp')/'repro'
@@ -486,6 +503,7 @@ def notebooks_folder() -> Path:
     raise NotebookError(f"no experiment notebooks in {d} (glrp installed without its package data?): reinstall glrp, "
                         "or pass the folder holding main_table.ipynb (--notebooks)")
 
+# %% ../nbs/09_reproduce.ipynb #ee3d7822
 def result_path(exp:Experiment, out) -> Path: return exp.folder(out)/'result.json'
 
 def with_default_settings(settings:dict, # an experiment's `settings`, as a result JSON recorded them
@@ -495,6 +513,7 @@ def with_default_settings(settings:dict, # an experiment's `settings`, as a resu
     return {k: ({**d[k], **settings[k]} if k in SECTIONS and isinstance(settings.get(k), dict) else settings.get(k, d.get(k)))
             for k in dict.fromkeys([*settings, *d])}
 
+# %% ../nbs/09_reproduce.ipynb #ef653049
 def is_done(exp:Experiment, # the experiment
             out, # the reproduction's output folder
             fingerprint:str|None=None, # `data_hash` of the data `exp` names: a result made from the same files in another place counts too
@@ -511,6 +530,7 @@ def is_done(exp:Experiment, # the experiment
         return canonical_json(a) == canonical_json(b)
     return all(k in got and same(k, got[k], v) for k, v in exp.params.items())
 
+# %% ../nbs/09_reproduce.ipynb #f5e809be
 def to_run(exps:list, # from `experiments`
            out, # the reproduction's output folder
            data=None, # the dataset folder the experiments name; None: the phantom
@@ -523,6 +543,7 @@ def to_run(exps:list, # from `experiments`
         todo = [e for e in todo if e.notebook == 'figures' or not is_done(e, out, fp)]
     return todo
 
+# %% ../nbs/09_reproduce.ipynb #866e7662
 def papermill_json(obj) -> str:
     "JSON that papermill's parameter file loader (YAML 1.1) reads back with the same types: every float carries a '.' (YAML reads 1e-05 as a string)."
     if isinstance(obj, float) and math.isfinite(obj):
@@ -532,6 +553,7 @@ def papermill_json(obj) -> str:
     if isinstance(obj, (list, tuple)): return '[' + ', '.join(papermill_json(v) for v in obj) + ']'
     return json.dumps(obj)
 
+# %% ../nbs/09_reproduce.ipynb #2b59b71b
 def run_notebook(exp:Experiment, # the experiment
                  out, # the reproduction's output folder
                  notebooks, # folder of the notebooks
@@ -565,6 +587,7 @@ def run_notebook(exp:Experiment, # the experiment
 
 _RUNNING, _RUN_LOCK, _STOP = {}, threading.Lock(), threading.Event()  # papermill processes by experiment; set when interrupted
 
+# %% ../nbs/09_reproduce.ipynb #f5bf3582
 def descendants(pid:int) -> list:
     "The pids of every process below `pid` (children, grandchildren: papermill's kernel), from `ps`."
     try: out = subprocess.run(['ps', '-A', '-o', 'pid=', '-o', 'ppid='], capture_output=True, text=True, timeout=10).stdout
@@ -578,11 +601,13 @@ def descendants(pid:int) -> list:
         for c in kids.get(todo.pop(), []): found.append(c); todo.append(c)
     return found
 
+# %% ../nbs/09_reproduce.ipynb #0fb0d6a4
 def _signal_all(pids:list, sig:int):
     for pid in pids:
         try: os.kill(pid, sig)
         except (ProcessLookupError, PermissionError): pass
 
+# %% ../nbs/09_reproduce.ipynb #c44a585a
 def stop_tree(pid:int, # a running papermill process
               grace:float=10., # seconds to end cleanly after SIGTERM, before SIGKILL
              ) -> threading.Timer:
@@ -894,6 +919,7 @@ def _gpus() -> int:
         return torch.cuda.device_count()
     except Exception: return 0
 
+# %% ../nbs/09_reproduce.ipynb #546fb305
 def _say(msg:str): print(msg, flush=True)
 
 REPRO_MODULES = ('papermill', 'ipykernel', 'matplotlib')  # what the runner and the experiment notebooks import beyond glrp's core: the [repro] extra
@@ -905,6 +931,7 @@ def check_repro_installed(modules=REPRO_MODULES, # modules the reproduction impo
     if missing: raise NotebookError(f"{', '.join(missing)} not installed (glrp reproduce runs its notebooks with papermill): "
                                     'pip install "glrp[repro]"')
 
+# %% ../nbs/09_reproduce.ipynb #be09a341
 @contextmanager
 def stop_children_on_signal():
     "Within the block, SIGTERM or SIGINT stops every running experiment (and its kernel), and the block ends with `Interrupted` naming them."
@@ -921,6 +948,7 @@ def stop_children_on_signal():
         for s, h in old.items(): signal.signal(s, h)
     if got: raise Interrupted(got[0], sorted(set(stopped) - set(finished)))
 
+# %% ../nbs/09_reproduce.ipynb #b06393da
 def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_profile`)
               data=None, # dataset folder; None: the phantom (smoke only)
               out='runs/reproduce', # output folder: experiments, work/, results.csv, RESULTS.md

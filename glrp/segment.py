@@ -306,6 +306,7 @@ def _outputs(path:Path, out:Path, frames:int|None, split:bool) -> list:
     stem, suffix = nifti_split(path)
     return [out/f"{stem}_t{t:02d}{suffix}" for t in range(1, frames + 1)]
 
+# %% ../nbs/11_segment.ipynb #aa84f83f
 def segment_file(path, # a 3D volume or 4D cine (.nii, .nii.gz)
                  out, # the output folder
                  model, info:dict, # from `read_model`
@@ -373,6 +374,7 @@ class SegmentResult:
     warnings: list = field(default_factory=list)  # warnings about inputs (e.g. spacing far outside the training range), each naming its file
     report: list = field(default_factory=list)  # a `scan_reports` entry per patient, cine or scan: volumes, EF, mass, flags
 
+# %% ../nbs/11_segment.ipynb #145bd9e8
 def segment(model, # a model folder (`export_model`, `glrp finetune`'s OUT/model), or `read_model`'s (UNet, info)
             inputs, # files and folders (a plain folder of scans, or ACDC layout), or one of them
             out, # the output folder (created)

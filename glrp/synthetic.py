@@ -67,12 +67,14 @@ class Heart:
     fat:float=3.           # epicardial fat thickness where thickest (mm)
     fat_angle:float=2.5    # where the epicardial fat is thickest (rad)
 
+# %% ../nbs/01_synthetic.ipynb #01e06c9c
 def lv_profile(q, q_end, q_max:float=0.35, taper:float=0.1):
     "Relative LV radius along the long axis: 1 at `q_max`, tapering towards the base (q=0), elliptic to 0 at `q_end`."
     q = np.asarray(q, float)
     x = np.clip((q - q_max)/(q_end - q_max), 0, 1)
     return np.where(q < q_max, 1 - taper*(q_max - q)/q_max, np.sqrt(1 - x*x))
 
+# %% ../nbs/01_synthetic.ipynb #faf9485c
 def rv_profile(q, q_end, q_top:float=-0.12, q_peak:float=0.12):
     "Relative RV thickness along the long axis: rising from `q_top` above the base, widest at `q_peak`, 0 from `q_end`."
     q = np.asarray(q, float)
@@ -113,6 +115,7 @@ def square_grid(fov:float=140., # field of view (mm)
     c = ((np.arange(int(round(fov/spacing))) + 0.5)*spacing - fov/2).astype(np.float32)
     return tuple(np.meshgrid(c, c, indexing='ij'))
 
+# %% ../nbs/01_synthetic.ipynb #0b4d4752
 def rv_crescent(h:Heart, x, y, q:float, phase:float, epi) -> tuple:
     "RV cavity, RV free wall and fat-hull masks of one slice (`epi`: LV epicardial radius at each pixel)."
     R = h.r_lv + h.wall
@@ -129,6 +132,7 @@ def rv_crescent(h:Heart, x, y, q:float, phase:float, epi) -> tuple:
     inside = lambda d: (((xr - xc)/(a + d))**2 + (yr/(b + d))**2 < 1) & ~lv_like
     return inside(0), inside(2.5), inside(2.5 + 0.7*h.fat)
 
+# %% ../nbs/01_synthetic.ipynb #c7341ad3
 def base_vessels(h:Heart, x, y, q:float, phase:float, warp=0.) -> tuple:
     "Blood and wall masks of the atria, aortic root and pulmonary trunk, which appear above the base plane."
     R, blood, wall = h.r_lv + h.wall, np.zeros(x.shape, bool), np.zeros(x.shape, bool)
@@ -143,6 +147,7 @@ def base_vessels(h:Heart, x, y, q:float, phase:float, warp=0.) -> tuple:
         wall |= d < rr + 2; blood |= d < rr
     return blood, wall & ~blood
 
+# %% ../nbs/01_synthetic.ipynb #b8b3b5be
 def heart_slice(h:Heart, # the anatomy
                 x, y, # pixel coordinates in the heart frame (mm): LV centre at 0, septum towards -x
                 q:float, # long-axis position: 0 base plane, 1 apex (of the heart at this phase)
@@ -390,6 +395,7 @@ class PhantomPatient:
     pid:int; seed:int; group:str; height:float; weight:float
     heart:Heart; body:Body; scan:Scan
 
+# %% ../nbs/01_synthetic.ipynb #18670488
 def draw_body(rng:np.random.Generator, height:float, weight:float) -> Body:
     "Random surroundings, larger and fatter for a heavier patient."
     U, N = rng.uniform, rng.normal
@@ -403,6 +409,7 @@ def draw_body(rng:np.random.Generator, height:float, weight:float) -> Body:
                       stomach=j(b.stomach, 10), spine=(b.spine[0] + N(0, 8), b.spine[1] + N(0, 8)),
                       tilt=(N(.12, .06), N(.06, .06)), heart_angle=N(0, .2)))
 
+# %% ../nbs/01_synthetic.ipynb #1d74fca6
 def draw_scan(rng:np.random.Generator, heart:Heart) -> Scan:
     "A random acquisition drawn like ACDC's, its slices covering `heart` from about the base plane to near the apex."
     U, N = rng.uniform, rng.normal
@@ -423,6 +430,7 @@ def draw_scan(rng:np.random.Generator, heart:Heart) -> Scan:
                       bias=tuple(N(0, .12, 6)*np.array([1, 1, 1, 1, 1, .3])), blur=U(.6, 1.),
                       crop=U(.05, .2)*rng.choice([-1, 1]) if rng.random() < .3 else 0.))
 
+# %% ../nbs/01_synthetic.ipynb #92b5807d
 def make_patient(pid:int, # patient number; sets the group, `GROUPS[(pid-1) % 5]`, unless `group` is given
                  seed:int=0, # phantom seed: (seed, pid) fixes the patient
                  group:str|None=None, # override the group
@@ -450,6 +458,7 @@ def heart_coords(pat:PhantomPatient, g:Grid, s:float) -> tuple:
     du, dv = g.u[box] - np.float32(hu), g.v[box] - np.float32(hv)
     return box, c*du + sn*dv, c*dv - sn*du
 
+# %% ../nbs/01_synthetic.ipynb #85a8eb8b
 def render_slice(pat:PhantomPatient, # the patient
                  i:int, # slice index (0 = base)
                  phase:float, # contraction: 0 at ED, 1 at ES
@@ -465,6 +474,7 @@ def render_slice(pat:PhantomPatient, # the patient
     tis[box] = np.where(ht > 0, ht, tis[box])
     return tissue_signal(tis, coarse, fine, pat.scan.contrast), lab, tis
 
+# %% ../nbs/01_synthetic.ipynb #c3d29eff
 def frame_labels(pat:PhantomPatient, frame:int, g:Grid|None=None) -> np.ndarray:
     "Label volume (uint8, X, Y, Z) of cine frame `frame` (1-based), without rendering the image."
     sc, g = pat.scan, g or pixel_grid(pat.scan)
@@ -475,6 +485,7 @@ def frame_labels(pat:PhantomPatient, frame:int, g:Grid|None=None) -> np.ndarray:
         out[box + (i,)] = heart_slice(pat.heart, x, y, heart_q(pat.heart, s, phase), phase)[0]
     return out
 
+# %% ../nbs/01_synthetic.ipynb #a7c22457
 def render_frame(pat:PhantomPatient, # the patient
                  frame:int, # cine frame, 1-based
                  g:Grid|None=None, texs:list|None=None, # precomputed `pixel_grid` and per-slice `slice_textures`

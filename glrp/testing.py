@@ -36,6 +36,7 @@ def toy_volume(shape=(100, 88, 4), spacing=(1.6, 1.6, 8.0), seed=0):
     img = np.choose(lab, [100, 420, 160, 450]).astype(np.float32) + rng.normal(0, 25, shape).astype(np.float32)
     return img, lab, tuple(spacing)
 
+# %% ../nbs/13_testing.ipynb #4c15baa9
 def write_nifti(a, path, spacing=(1.6, 1.6, 8.0), dtype=None, affine=np.diag([-1., -1., 1., 1.])):
     "Write `a` as NIfTI with an ACDC-style affine (no scaling: diag(-1, -1, 1)) and `spacing` in the header."
     img = nib.Nifti1Image(np.asarray(a, dtype=dtype or a.dtype), affine)
@@ -44,6 +45,7 @@ def write_nifti(a, path, spacing=(1.6, 1.6, 8.0), dtype=None, affine=np.diag([-1
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(path)); return Path(path)
 
+# %% ../nbs/13_testing.ipynb #51cae4b7
 def patch_header(path, field:str, values:dict):
     "Overwrite entries {index: value} of a header field of a .nii.gz as stored, bypassing nibabel's fixes: a broken file for the tests."
     raw = gzip.decompress(Path(path).read_bytes())
@@ -51,6 +53,7 @@ def patch_header(path, field:str, values:dict):
     for i, v in values.items(): hdr[field][i] = v
     Path(path).write_bytes(gzip.compress(hdr.binaryblock + raw[348:]))
 
+# %% ../nbs/13_testing.ipynb #dac3443f
 def write_toy_dataset(root, n=2, cine=True):
     "A tiny ACDC-layout dataset under `root/training` (`n` patients; the first with a 4D cine)."
     for i in range(1, n + 1):
@@ -67,6 +70,7 @@ def write_toy_dataset(root, n=2, cine=True):
         if cine and i == 1: write_nifti(np.stack(frames, -1).astype(np.int16), d/f"{pid}_4d.nii.gz", sp)
     return Path(root)
 
+# %% ../nbs/13_testing.ipynb #4d31634d
 def raised(f):
     "The exception that `f()` raises (None if it raises none), to check its type and, for a `DataError`, its file."
     try: f()
@@ -175,6 +179,7 @@ def _check_worker(rank:int, world:int, port:int, cfg:dict, out:str):
         barrier()  # both ranks tear down together (rank 1 once died of SIGABRT in gloo, leaving while rank 0 still computed)
     finally: cleanup_distributed()
 
+# %% ../nbs/13_testing.ipynb #431d1270
 def check_ddp_equivalence(world:int=2, # number of gloo ranks (processes) on this CPU
                           b:int=3, # local batch size: the full batch has world*b slices
                           d_in:int=6, # input width of the linear layer

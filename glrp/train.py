@@ -40,12 +40,14 @@ SLICE_RULES = ('manifest', 'glrp', 'pcl')  # where the slice positions and GCL p
 PRECISIONS = ('auto', 'fp32', 'bf16')  # autocast of the fast path
 SEMI = (None, 'mean-teacher', 'bcp')  # fine-tuning's semi-supervised methods (None: labeled slices only)
 
+# %% ../nbs/06_train.ipynb #b76e1eb2
 class ConfigError(InputError):
     "A setting that cannot run (named, with the value and what is allowed); raised before any data is read."
 
 class DivergenceError(RuntimeError):
     "A run whose loss or gradient became non-finite; the message names the run, epoch and step, and the last good checkpoint."
 
+# %% ../nbs/06_train.ipynb #ee94cd20
 def _check(ok:bool, msg:str):
     if not ok: raise ConfigError(msg)
 
@@ -53,6 +55,7 @@ def _finite(x) -> bool:
     try: return math.isfinite(float(x))
     except (TypeError, ValueError): return False
 
+# %% ../nbs/06_train.ipynb #ccf96e49
 def _check_aug(aug, kind:str):
     "Unknown or invalid augmentation keys are a `ConfigError` naming them."
     _check(isinstance(aug, dict), f"aug must be a JSON object of AugParams fields, got {aug!r}")
@@ -62,6 +65,7 @@ def _check_aug(aug, kind:str):
     try: getattr(AugParams, kind)(**aug)
     except (TypeError, ValueError) as e: raise ConfigError(f"aug: {e}") from None
 
+# %% ../nbs/06_train.ipynb #584c8d37
 def _check_semi(c):
     "The semi-supervised settings of a `FinetuneConfig`."
     _check(c.semi in SEMI, f"semi must be one of {', '.join(map(str, SEMI))}, not {c.semi!r}")
@@ -74,6 +78,7 @@ def _check_semi(c):
         _check(_finite(v) and lo <= v <= hi and (name != 'box' or v > 0), f"{name} must be in {'(' if name == 'box' else '['}{lo}, {hi}], got {v}")
     for name in ('consistency', 'noise', 'u_weight'): _check(_finite(getattr(c, name)) and getattr(c, name) >= 0, f"{name} must be a finite number >= 0, got {getattr(c, name)}")
 
+# %% ../nbs/06_train.ipynb #59fbd12b
 def _check_common(c):
     "The checks shared by both configs: sizes, counts, learning rate, augmentation."
     _check(c.size is None or (len(c.size) == 2 and min(c.size) >= 1), f"size must be two positive integers (H W), got {c.size}")
@@ -87,12 +92,14 @@ def _check_common(c):
     _check(c.norm in NORMS, f"norm must be one of {NORMS}, not {c.norm!r}")
     _check(c.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, not {c.precision!r}")
 
+# %% ../nbs/06_train.ipynb #1f877e20
 class _Config(JSONRecord):
     "What both configs share: the JSON round trip (`JSONRecord`) and the preprocessing they imply."
     def prep(self) -> PrepParams:
         "The preprocessing of this run."
         return PrepParams(spacing=self.spacing, size=None if self.size is None else tuple(self.size))
 
+# %% ../nbs/06_train.ipynb #7caf4d01
 @dataclass
 class PretrainConfig(_Config):
     "Every hyperparameter of contrastive pretraining (defaults: PCL's protocol where the anchors give one)."
@@ -161,6 +168,7 @@ class PretrainConfig(_Config):
         _check(1 <= self.local_level <= self.depth, f"local_level must be in 1..depth={self.depth}, got {self.local_level}")
         _check_aug(self.aug, 'contrastive')
 
+# %% ../nbs/06_train.ipynb #815d1ed3
 @dataclass
 class FinetuneConfig(_Config):
     "Every hyperparameter of supervised fine-tuning on the M labeled patients of a fold."
@@ -247,6 +255,7 @@ def volume_source(v:dict, # a volume record of the manifest
         if fr.frame == v['frame']: return as_source(fr)
     raise DataError(p.folder, f"manifest volume {v['name']}: frame {v['frame']} is not an ED/ES frame of {p.id}")
 
+# %% ../nbs/06_train.ipynb #47b9b71f
 def slice_meta(records:list, # manifest volume records
                rule:str='manifest', # 'manifest' (the recorded positions and partitions), 'glrp' or 'pcl' (recomputed from n_slices)
                S:int=4, # partitions per volume (rules 'glrp' and 'pcl')
@@ -257,6 +266,7 @@ def slice_meta(records:list, # manifest volume records
     return (torch.tensor([float(p) for ps in pos for p in ps], dtype=torch.float64),
             torch.tensor([int(k) for ks in part for k in ks], dtype=torch.long))
 
+# %% ../nbs/06_train.ipynb #8144b171
 class SliceDataset(torch.utils.data.Dataset):
     "Every slice of a list of volumes, in memory, with relative position, partition and volume id."
     def __init__(self, cases:list, # `Case`s from `load_case`
@@ -286,6 +296,7 @@ class SliceDataset(torch.utils.data.Dataset):
         "The slice range of volume `k`."
         return slice(int(self.starts[k]), int(self.starts[k + 1]))
 
+# %% ../nbs/06_train.ipynb #739be956
 def cine_subset(recs:list, # volume records of a manifest
                 k:int, # cine frames to keep per patient
                ) -> list:
@@ -300,6 +311,7 @@ def cine_subset(recs:list, # volume records of a manifest
         keep |= {(p, frames[i]) for i in idx}
     return [v for v in recs if v['phase'] != 'cine' or (v['patient'], v['frame']) in keep]
 
+# %% ../nbs/06_train.ipynb #0431373c
 def load_slices(manifest:dict, # the manifest
                 fold:int, # fold number
                 role:str, # 'pool' (pretraining), 'labeled', 'val', 'test', 'train' or 'all' (every labeled volume)
@@ -405,6 +417,7 @@ def rng_state(gen:torch.Generator) -> dict:
     if torch.cuda.is_available() and torch.cuda.is_initialized(): d['cuda'] = torch.cuda.get_rng_state_all()
     return d
 
+# %% ../nbs/06_train.ipynb #00459442
 def set_rng_state(d:dict, gen:torch.Generator):
     "Restore the generators from `rng_state`'s dict."
     v, internal, gauss = d['python']
@@ -415,11 +428,13 @@ def set_rng_state(d:dict, gen:torch.Generator):
     gen.set_state(d['aug'])
     if 'cuda' in d and torch.cuda.is_available(): torch.cuda.set_rng_state_all(d['cuda'])
 
+# %% ../nbs/06_train.ipynb #2e2986d3
 def save_checkpoint(obj:dict, path) -> Path:
     "`torch.save` to `path` atomically."
     with atomic_path(path) as tmp: torch.save(obj, tmp)
     return Path(path)
 
+# %% ../nbs/06_train.ipynb #5e707e4c
 def read_weights(path) -> object:
     "`torch.load(path, weights_only=True)` on the CPU, with its failures as `DataError`s naming the file."
     path = Path(path)
@@ -431,6 +446,7 @@ def read_weights(path) -> object:
     except pickle.UnpicklingError: raise DataError(path, "not a glrp checkpoint: it holds Python objects, not only tensors, numbers and strings, and glrp reads weights without running code (weights_only)") from None
     except Exception as e: raise DataError(path, f"unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
+# %% ../nbs/06_train.ipynb #a1bb8865
 def nonfinite_tensors(sd:dict) -> list:
     "Names of the floating-point tensors of state dict `sd` holding NaN or Inf."
     return [k for k, v in sd.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -439,6 +455,7 @@ def load_checkpoint(path) -> dict:
     "A glrp checkpoint read with `weights_only=True`, checked: a dict with a finite `model` state dict and its `model_args`."
     return check_checkpoint(read_weights(path), path)
 
+# %% ../nbs/06_train.ipynb #c98ae588
 def check_checkpoint(ck, # what `read_weights` read
                      path, # its file, for messages
                     ) -> dict:
@@ -451,6 +468,7 @@ def check_checkpoint(ck, # what `read_weights` read
     if bad: raise DataError(path, f"{len(bad)} of {len(ck['model'])} weight tensors hold NaN or Inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the run that wrote it diverged")
     return ck
 
+# %% ../nbs/06_train.ipynb #cf9824b6
 def clean_stale_temporaries(folder) -> list:
     "Remove the temporaries (`.NAME.PID.HEX.tmp*`) that a killed writer left in `folder`; the removed paths."
     gone = []
@@ -475,6 +493,7 @@ def write_log(rows:list, out) -> None:
     with atomic_path(out/'log.csv') as tmp: Path(tmp).write_text(buf.getvalue())
     write_json(rows, out/'log.json')
 
+# %% ../nbs/06_train.ipynb #67f020b0
 def relative_to(path, # a file or folder (None passes through)
                 base, # the folder it is recorded from
                ) -> str|None:
@@ -483,6 +502,7 @@ def relative_to(path, # a file or folder (None passes through)
     try: return os.path.relpath(Path(path).resolve(), Path(base).resolve())
     except ValueError: return str(Path(path).resolve())
 
+# %% ../nbs/06_train.ipynb #b7d2ff84
 def run_paths(cfg, out) -> dict:
     "The run's inputs (manifest, data, cache, pretrained) relative to its run folder: valid from any directory, and when both move together."
     return {k: relative_to(getattr(cfg, k, None), out) for k in ('manifest', 'data', 'cache', 'pretrained')}
@@ -495,6 +515,7 @@ def recorded_path(ck:dict, # a checkpoint (or run.json) with `paths`
     rel = (ck.get('paths') or {}).get(key)
     return None if rel is None else (Path(ck_path).resolve().parent/rel).resolve()
 
+# %% ../nbs/06_train.ipynb #5e4ecd65
 def run_inputs(ck:dict, # a checkpoint with `config` and `paths`
                ck_path, # where the checkpoint lies
                manifest=None, # a manifest to use instead of the run's
@@ -505,6 +526,7 @@ def run_inputs(ck:dict, # a checkpoint with `config` and `paths`
     return dict(manifest=man, cache=recorded_path(ck, 'cache', ck_path) or cfg.get('cache') or man.parent/'cache',
                 data=recorded_path(ck, 'data', ck_path) or cfg.get('data'))
 
+# %% ../nbs/06_train.ipynb #e7882f05
 def run_record(cfg, kind:str, manifest:dict, info, device, fast_cfg:dict) -> dict:
     "What `run.json` holds: the config, seed, data hash and code version of a run (its paths, in `config` too, relative to the run folder)."
     paths = run_paths(cfg, cfg.out)
@@ -608,6 +630,7 @@ def _check_resume(ck:dict, cfg, path):
     diff = [k for k in new if k not in RESUME_FREE and old.get(k) != new[k]]
     if diff: raise ConfigError(f"{path}: cannot resume with a different config ({', '.join(f'{k}: {old.get(k)!r} -> {new[k]!r}' for k in diff)})")
 
+# %% ../nbs/06_train.ipynb #48c2b2e0
 def _ranks_rng(gen, info) -> list:
     "Every process's generator states (gathered to all; one entry per rank)."
     s = rng_state(gen)
@@ -616,12 +639,14 @@ def _ranks_rng(gen, info) -> list:
     torch.distributed.all_gather_object(out, s)
     return out
 
+# %% ../nbs/06_train.ipynb #c47a144b
 def _wrap(net:nn.Module, info, device):
     "`net` in DistributedDataParallel when there are several processes."
     if info.world == 1: return net
     ids = [device.index] if device.type == 'cuda' else None
     return nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=True)
 
+# %% ../nbs/06_train.ipynb #3f0d2c57
 def _mean_over_ranks(x:float, info) -> float: return float(gdist.reduce_mean(x))
 
 def check_step(loss:Tensor, # the step's loss, after `backward`
@@ -637,6 +662,7 @@ def check_step(loss:Tensor, # the step's loss, after `backward`
     raise DivergenceError(f"{where} diverged at epoch {epoch + 1}, step {step + 1}: loss {lv:.4g}, gradient norm {gn:.4g}; {kept}. "
                           "Lower the learning rate or check the temperature and the data.")
 
+# %% ../nbs/06_train.ipynb #c7c489c5
 def _kept(out, epoch:int) -> str:
     return f"{Path(out)/'last.pt'} keeps epoch {epoch}" if epoch else "no checkpoint was written"
 
@@ -645,6 +671,7 @@ def _record_failure(out, err:Exception):
     rj = Path(out)/'run.json'
     if rj.is_file(): write_json(json.loads(rj.read_text()) | dict(failed=str(err)), rj)
 
+# %% ../nbs/06_train.ipynb #4c26e879
 class Stage:
     "What `fit` asks of a training stage: its data, model and generator, and the hooks of an epoch. `Pretraining` and `Finetuning` fill it in."
     kind, views, drop_last = 'stage', 1, True  # run kind; images per slice in a step (for images/s); drop the last short batch
@@ -661,6 +688,7 @@ class Stage:
     def record(self) -> dict: return {}  # what else goes into run.json
     def summary(self) -> dict: return {}  # what else run.json says when the run is finished
 
+# %% ../nbs/06_train.ipynb #ee81aa29
 def fit(stage:Stage, # the stage to train, set up
         cfg, # its config (out, seed, batch, max_steps, progress)
         info:gdist.DistInfo, # from `init_distributed`
@@ -720,6 +748,7 @@ def fit(stage:Stage, # the stage to train, set up
                    out/'run.json')
     return log
 
+# %% ../nbs/06_train.ipynb #03457c4a
 class Pretraining(Stage):
     "Contrastive pretraining of a UNet with heads on a fold's unlabeled pool, phase after phase (global, local, joint)."
     kind, views = 'pretrain', 2
@@ -764,6 +793,7 @@ class Pretraining(Stage):
     def state(self): return dict(phase=self.phase)
     def record(self): return dict(pool_slices=len(self.ds))
 
+# %% ../nbs/06_train.ipynb #a4f209ea
 def pretrain(cfg:PretrainConfig, # the run's configuration
              resume:bool=False, # continue from `cfg.out/last.pt` (a fresh start when there is none)
              stop_after:int|None=None, # end after this many epochs of this call (an interruption); None: run to the end
@@ -804,6 +834,7 @@ def spacing_range(cases:list) -> dict:
     r = lambda a: [float(a.min()), float(a.max())] if len(a) else None
     return dict(inplane=r(sp[:, :2].ravel()), slice=r(sp[:, 2]))
 
+# %% ../nbs/06_train.ipynb #f44b9cd2
 def _pcl_model(raw:dict, cfg:FinetuneConfig) -> tuple:
     "(UNet, model args, loaded tensor names) from PCL's own released weights: the parts of `cfg.parts` that the file holds."
     bad = nonfinite_tensors(read_pcl(raw))
@@ -818,6 +849,7 @@ def _pcl_model(raw:dict, cfg:FinetuneConfig) -> tuple:
     try: return model, args, load_pcl(model, raw, parts)
     except WeightMismatchError as e: raise DataError(cfg.pretrained, f"PCL weights: {e}") from None
 
+# %% ../nbs/06_train.ipynb #59e32713
 def _seg_model(cfg:FinetuneConfig) -> tuple:
     "(UNet, model args, loaded tensor names): random init, a glrp checkpoint's parts, or PCL's released weights."
     args = dict(f=cfg.f, depth=cfg.depth, norm=cfg.norm)
@@ -838,6 +870,7 @@ def _seg_model(cfg:FinetuneConfig) -> tuple:
     except WeightMismatchError as e: raise DataError(cfg.pretrained, f"weights do not fit its model_args {args}: {e}") from None
     return model, args, loaded
 
+# %% ../nbs/06_train.ipynb #9cff24ad
 class Finetuning(Stage):
     "Supervised fine-tuning of the whole UNet on a fold's labeled patients; the epoch with the best validation Dice is kept as best.pt."
     kind = 'finetune'
@@ -902,6 +935,7 @@ class Finetuning(Stage):
                     val_slices=len(self.val), spacing_range=spacing_range(self.ds.cases + self.val.cases))
     def summary(self): return dict(best_epoch=self.best['epoch'], best_val_dice=self.best['dice'])
 
+# %% ../nbs/06_train.ipynb #515fa0f7
 def finetune(cfg:FinetuneConfig, # the run's configuration
              resume:bool=False, # continue from `cfg.out/last.pt` (a fresh start when there is none)
              stop_after:int|None=None, # end after this many epochs of this call; None: run to the end
