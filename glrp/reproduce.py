@@ -38,8 +38,9 @@ __all__ = ['PCL_CODE', 'METHOD_PLANS', 'SEMI_METHODS', 'PATH_PARAMS', 'RECORD_PA
            'papermill_json', 'run_notebook', 'descendants', 'stop_tree', 'result_rows', 'results_csv',
            'main_table_markdown', 'ablation_markdown', 'paired_records', 'paired_markdown', 'with_voxel_volumes',
            'run_indices', 'clinical_tables', 'clinical_markdown', 'results_markdown', 'curve_rows', 'curves_markdown',
-           'planned_numerics', 'check_numerics', 'emulated_bf16', 'check_repro_installed', 'stop_children_on_signal',
-           'reproduce']
+           'experiment_minutes', 'compute_markdown', 'planned_numerics', 'check_numerics', 'emulated_bf16',
+           'check_repro_installed', 'stop_children_on_signal', 'check_planned_numerics', 'run_experiments',
+           'write_report', 'reproduce']
 
 # %% ../nbs/09_reproduce.ipynb #e8697256
 def canonical_json(obj) -> str:
@@ -814,6 +815,7 @@ def results_markdown(rows:list, # from `result_rows`
                      paired:str='', # the paired-difference tables (`paired_markdown`)
                      curves:str='', # the fine-tuning runs' validation curves (`curves_markdown`)
                      clinical:str='', # the clinical indices' tables (`clinical_markdown`)
+                     compute:str='', # minutes per experiment beside Dice (`compute_markdown`)
                     ) -> str:
     "RESULTS.md: the tables and their provenance."
     sw = meta.get('software', {})
@@ -828,6 +830,8 @@ def results_markdown(rows:list, # from `result_rows`
     if clinical: out += ["## Clinical indices (test patients, no CRF)", "", clinical, ""]
     if curves: out += ["## Validation curves (fine-tuning)", "", "Pooled validation Dice, the last validation pass by each tenth of a run's steps, "
                        "mean over the seeds; every pass of every run in `curves.csv`.", "", curves.strip(), ""]
+    if compute: out += ["## Compute per experiment", "", "Wall minutes per experiment, mean over its runs: own (fine-tuning, CRF tuning, evaluation) "
+                        "and an equal share of the pretraining it starts from (trained once, shared by every experiment that uses it).", "", compute.strip(), ""]
     a = ablation_markdown(rows)
     if a: out += ["## Ablation (GLRP variants; mean pooled Dice on the test fold)", "", "Columns: no CRF, the CRF tuned on validation, and the tuned CRF with its iteration count replaced.", "", a, ""]
     figs = meta.get('figures') or []
@@ -879,6 +883,34 @@ def curves_markdown(rows:list, # from `curve_rows` (or read back from curves.csv
         for b, d in last.items(): g.setdefault((int(r0['fold']), int(r0['M']), r0['method']), {}).setdefault(b, []).append(d)
     lines = [dict(fold=f, M=M, method=m, seeds=max(map(len, c.values())), **{f'{10 * b}%': (sum(c[b]) / len(c[b]) if b in c else None) for b in range(1, 11)})
              for (f, M, m), c in sorted(g.items(), key=lambda kv: (kv[0][0], kv[0][1], method_key(kv[0][2])))]
+    return markdown_rows(lines)
+
+# %% ../nbs/09_reproduce.ipynb #925cdb9b
+def experiment_minutes(out, # the reproduction's output folder
+                      ) -> dict:
+    "Main-table experiment -> (own minutes, its share of the pretraining's minutes, threads), from each result.json and the pretraining's log."
+    recs = {p.parent: json.loads(p.read_text()) for p in sorted(Path(out).glob('main_table/*/result.json'))}
+    pre = lambda r: (r.get('timings') or {}).get('pretraining') or 0.  # seconds; the experiment that trained the encoder holds them
+    run = lambda f, r: resolve_path(r['pretrained'], f).parent if r.get('pretrained') else None  # the pretraining's folder
+    users, trained = Counter(run(f, r) for f, r in recs.items()), Counter()
+    for f, r in recs.items(): trained[run(f, r)] += pre(r)
+    for p in trained:  # its log, where work/ is here: every epoch, also those of an earlier invocation that was cut short
+        if p is not None and (p/'log.json').is_file(): trained[p] = sum(e.get('seconds') or 0. for e in read_log(p))
+    return {f.name: (((r.get('seconds') or 0.) - pre(r)) / 60, trained[run(f, r)] / users[run(f, r)] / 60 if run(f, r) else 0., r.get('threads'))
+            for f, r in recs.items()}
+
+# %% ../nbs/09_reproduce.ipynb #bd161db4
+def compute_markdown(rows:list, # from `result_rows`
+                     minutes:dict, # from `experiment_minutes`
+                    ) -> str:
+    "Per M and method: pooled test Dice (no CRF) and the wall minutes per experiment, own and pretraining share."
+    rows = [r for r in rows if r['notebook'] == 'main_table' and r['split'] == 'test' and r['crf'] == 'none' and r['experiment'] in minutes]
+    lines = []
+    for (M, method), rs in sorted(_groups(rows, ('M', 'method')).items(), key=lambda kv: (kv[0][0], method_key(kv[0][1]))):
+        own, share, threads = zip(*(minutes[r['experiment']] for r in rs))
+        lines.append({'M': M, 'method': method, 'runs': len(rs), 'pooled Dice': float(np.mean([r['dice_mean'] for r in rs])),
+                      'own min': f"{np.mean(own):.1f}", 'pretraining min (share)': f"{np.mean(share):.1f}",
+                      'total min': f"{np.mean(own) + np.mean(share):.1f}", 'threads': '/'.join(map(str, sorted(set(threads), key=str)))})
     return markdown_rows(lines)
 
 # %% ../nbs/09_reproduce.ipynb #bef28d2c
@@ -948,7 +980,87 @@ def stop_children_on_signal():
         for s, h in old.items(): signal.signal(s, h)
     if got: raise Interrupted(got[0], sorted(set(stopped) - set(finished)))
 
-# %% ../nbs/09_reproduce.ipynb #b06393da
+# %% ../nbs/09_reproduce.ipynb #decd1b16
+def check_planned_numerics(todo:list, # the experiments about to run
+                           prof:dict, # from `load_profile`
+                           out, # the output folder, as given
+                           device:str='auto', # cpu, cuda or auto
+                           force:bool=False, # rerun finished experiments (their numerics need not match)
+                          ):
+    "Refuse to pool new main-table results with finished ones of other numerics; warn when bf16 would be emulated."
+    if not any(e.notebook == 'main_table' for e in todo): return
+    planned = planned_numerics(prof, device)
+    if not force: check_numerics(out, planned)
+    if emulated_bf16(planned, device):
+        where = f"this CPU ({planned['cpu_capability']})" if pick_device(device).type == 'cpu' else 'this GPU'
+        _say(f"warning: the profile trains in bf16 and {where} has no native bf16: it is emulated, about 10x slower "
+             "than fp32 here; the profile's stated time assumes a CPU with AVX512-BF16 (a profile with net precision 'fp32' runs at full speed, as a separate table)")
+
+# %% ../nbs/09_reproduce.ipynb #d90f00dc
+def run_experiments(todo:list, # the experiments to run
+                    out:Path, # the output folder (absolute)
+                    nbdir:Path, # the folder of the experiment notebooks
+                    jobs:int=1, # experiments at once (one GPU each when there are several)
+                    device:str='auto', # cpu, cuda or auto
+                    force:bool=False, # rerun from scratch (no resume)
+                   ) -> tuple:
+    "(failed, ran): the labels of the experiments that failed and of those that finished."
+    failed, ran = [], []
+    gpus = _gpus() if device != 'cpu' else 0
+    slots = Queue()
+    for i in range(max(1, jobs)): slots.put(i % gpus if gpus > 1 and jobs > 1 else None)
+    # CPU runs side by side share the cores: more threads than cores makes OpenMP spin and every run 10x slower
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 and gpus == 0 else None
+    def run(e):
+        if _STOP.is_set(): return  # interrupted: start nothing more
+        slot = slots.get()
+        try:
+            _say(f"run    {e.label}" + (f" on GPU {slot}" if slot is not None else ''))
+            ok, sec, nb, log = run_notebook(e, out, nbdir, slot, threads, fresh=force)
+        finally: slots.put(slot)
+        if _STOP.is_set() and not ok: return  # stopped by a signal: neither done nor failed
+        if _STOP.is_set(): finished.append(e.label)
+        if ok: _say(f"done   {e.label} in {sec:.0f} s"); ran.append(e.label)
+        else: _say(f"FAILED {e.label} after {sec:.0f} s: see {nb} and {log}"); failed.append(e.label)
+    first, last = [e for e in todo if e.notebook != 'figures'], [e for e in todo if e.notebook == 'figures']
+    with stop_children_on_signal() as finished:
+        if jobs > 1:
+            with ThreadPoolExecutor(jobs) as ex: list(ex.map(run, first))
+        else:
+            for e in first: run(e)
+        for e in last: run(e)
+    return failed, ran
+
+# %% ../nbs/09_reproduce.ipynb #5fa64395
+def write_report(exps:list, # the profile's experiments (`experiments`)
+                 prof:dict, # from `load_profile`
+                 out:Path, # the output folder (absolute)
+                 data=None, # the dataset folder; None: the phantom
+                 t_start:float|None=None, # when this invocation started (time.time())
+                ) -> dict:
+    "Write the tables of every finished experiment in `exps`; the run's meta (provenance, wall times) for `reproduce.json`."
+    t_start = time.time() if t_start is None else t_start
+    rows = result_rows(out)
+    recs = {e.label: json.loads(result_path(e, out).read_text()) for e in exps if result_path(e, out).is_file()}
+    meta = dict(profile=prof.get('name', ''), data=relative_path(data, out) if data else 'synthetic phantom',  # data: relative to `out`
+                started=time.strftime('%Y-%m-%d %H:%M', time.localtime(t_start)),
+                wall_s=time.time() - t_start, software=provenance(),
+                data_hash=next((r.get('data_hash') for r in recs.values() if r.get('data_hash')), ''),
+                device=next((r.get('device') for r in recs.values()), '?'),
+                experiments={k: (r.get('seconds'), r.get('device'), r.get('software', {}).get('git_commit', '?')) for k, r in recs.items()},
+                figures=[str((e.folder(out)/f).relative_to(out)) for e in exps if e.label in recs for f in recs[e.label].get('figures', [])])
+    with atomic_path(out/'results.csv') as t_: Path(t_).write_text(results_csv(rows))
+    if curves := curve_rows(out):  # the experiment folders are here: their validation curves
+        with atomic_path(out/'curves.csv') as t_: Path(t_).write_text(results_csv(curves, CURVE_FIELDS))
+    elif (out/'curves.csv').is_file(): curves = list(csv.DictReader((out/'curves.csv').read_text().splitlines()))  # committed results alone: their curves
+    clin = with_voxel_volumes(paired_records(out), out, data)
+    pairs = [tuple(p) for p in prof.get('pairs') or PAIRS]
+    report = results_markdown(rows, meta, paired_markdown(out, figures=True, embed=not data, pairs=pairs), curves_markdown(curves) if curves else '',
+                              clinical_markdown(clinical_tables(clin, pairs=pairs)) if clin else '', compute_markdown(rows, experiment_minutes(out)))
+    with atomic_path(out/'RESULTS.md') as t_: Path(t_).write_text(report)
+    return meta
+
+# %% ../nbs/09_reproduce.ipynb #daf4ded1
 def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_profile`)
               data=None, # dataset folder; None: the phantom (smoke only)
               out='runs/reproduce', # output folder: experiments, work/, results.csv, RESULTS.md
@@ -971,55 +1083,8 @@ def reproduce(profile='smoke', # a profile name, dict or JSON file (see `load_pr
     todo = [] if report_only else to_run(exps, out, data, force)
     for e in exps:
         if e not in todo and not report_only: _say(f"skip   {e.label} (result.json with the same parameters exists)")
-    if todo and any(e.notebook == 'main_table' for e in todo):
-        planned = planned_numerics(prof, device)
-        if not force: check_numerics(out_arg, planned)
-        if emulated_bf16(planned, device):
-            where = f"this CPU ({planned['cpu_capability']})" if pick_device(device).type == 'cpu' else 'this GPU'
-            _say(f"warning: the profile trains in bf16 and {where} has no native bf16: it is emulated, about 10x slower "
-                 "than fp32 here; the profile's stated time assumes a CPU with AVX512-BF16 (a profile with net precision 'fp32' runs at full speed, as a separate table)")
-    failed, ran, times = [], [], {}
-    gpus = _gpus() if device != 'cpu' else 0
-    slots = Queue()
-    for i in range(max(1, jobs)): slots.put(i % gpus if gpus > 1 and jobs > 1 else None)
-    # CPU runs side by side share the cores: more threads than cores makes OpenMP spin and every run 10x slower
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 and gpus == 0 else None
-    def run(e):
-        if _STOP.is_set(): return  # interrupted: start nothing more
-        slot = slots.get()
-        try:
-            _say(f"run    {e.label}" + (f" on GPU {slot}" if slot is not None else ''))
-            ok, sec, nb, log = run_notebook(e, out, nbdir, slot, threads, fresh=force)
-        finally: slots.put(slot)
-        times[e.label] = sec
-        if _STOP.is_set() and not ok: return  # stopped by a signal: neither done nor failed
-        if _STOP.is_set(): finished.append(e.label)
-        if ok: _say(f"done   {e.label} in {sec:.0f} s"); ran.append(e.label)
-        else: _say(f"FAILED {e.label} after {sec:.0f} s: see {nb} and {log}"); failed.append(e.label)
-    first, last = [e for e in todo if e.notebook != 'figures'], [e for e in todo if e.notebook == 'figures']
-    with stop_children_on_signal() as finished:
-        if jobs > 1:
-            with ThreadPoolExecutor(jobs) as ex: list(ex.map(run, first))
-        else:
-            for e in first: run(e)
-        for e in last: run(e)
-    rows = result_rows(out)
-    recs = {e.label: json.loads(result_path(e, out).read_text()) for e in exps if result_path(e, out).is_file()}
-    meta = dict(profile=prof.get('name', ''), data=relative_path(data, out) if data else 'synthetic phantom',  # data: relative to `out`
-                started=time.strftime('%Y-%m-%d %H:%M', time.localtime(t_start)),
-                wall_s=time.time() - t_start, software=provenance(),
-                data_hash=next((r.get('data_hash') for r in recs.values() if r.get('data_hash')), ''),
-                device=next((r.get('device') for r in recs.values()), '?'),
-                experiments={k: (r.get('seconds'), r.get('device'), r.get('software', {}).get('git_commit', '?')) for k, r in recs.items()},
-                figures=[str((e.folder(out)/f).relative_to(out)) for e in exps if e.label in recs for f in recs[e.label].get('figures', [])])
-    with atomic_path(out/'results.csv') as t_: Path(t_).write_text(results_csv(rows))
-    if curves := curve_rows(out):  # the experiment folders are here: their validation curves
-        with atomic_path(out/'curves.csv') as t_: Path(t_).write_text(results_csv(curves, CURVE_FIELDS))
-    elif (out/'curves.csv').is_file(): curves = list(csv.DictReader((out/'curves.csv').read_text().splitlines()))  # committed results alone: their curves
-    clin = with_voxel_volumes(paired_records(out), out, data)
-    pairs = [tuple(p) for p in prof.get('pairs') or PAIRS]
-    report = results_markdown(rows, meta, paired_markdown(out, figures=True, embed=not data, pairs=pairs), curves_markdown(curves) if curves else '',
-                              clinical_markdown(clinical_tables(clin, pairs=pairs)) if clin else '')
-    with atomic_path(out/'RESULTS.md') as t_: Path(t_).write_text(report)
+    check_planned_numerics(todo, prof, out_arg, device, force)
+    failed, ran = run_experiments(todo, out, nbdir, jobs, device, force)
+    meta = write_report(exps, prof, out, data, t_start)
     write_json(dict(meta, profile_settings=prof, failed=failed, ran=ran), out/'reproduce.json')
     return dict(failed=failed, ran=ran, skipped=[e.label for e in exps if e not in todo], results=out/'results.csv', report=out/'RESULTS.md')

@@ -385,6 +385,13 @@ def test_ssl4mis_profile_end_to_end(tmp_path):
         assert ev['split'] == 'test' and len(ev['summary']['volumes']) == 40  # the 20 test patients' ED and ES
     report = (out/'RESULTS.md').read_text()
     assert '| 3 | bcp − random |' in report and '| 3 | bcp+glrp − bcp |' in report and '| 3 | mean-teacher − random |' in report
+    # compute per row: bcp+glrp is the only row on the GLRP pretraining, so it carries all of its logged minutes
+    from glrp.reproduce import experiment_minutes
+    mins = experiment_minutes(out)
+    log = json.loads(next((out/'work'/'pretrain').glob('glrp-*/log.json')).read_text())
+    assert abs(mins['bcp+glrp-M3-fold0'][1] - sum(e['seconds'] for e in log) / 60) < 1e-9  # its only user: all of it
+    assert mins['random-M3-fold0'][1] == 0 and all(m[0] > 0 for m in mins.values())
+    assert '## Compute per experiment' in report and '| 3 | bcp+glrp | 1 |' in report
 
 
 def test_committed_ssl4mis_results(acdc_root):
