@@ -17,9 +17,10 @@ from .train import PretrainConfig, FinetuneConfig, field_help, pretrain, finetun
 from .inference import PREDICT_ROLES, predict, export_model
 
 # %% auto #0
-__all__ = ['LABEL_MAPS', 'cmd_synth', 'cmd_check_data', 'cmd_partition', 'cmd_evaluate', 'cmd_pretrain', 'cmd_finetune',
-           'cmd_predict', 'cmd_reproduce', 'add_config_args', 'config_from_args', 'HelpFormatter', 'build_parser',
-           'main']
+__all__ = ['LABEL_MAPS', 'SUBCOMMANDS', 'cmd_synth', 'cmd_check_data', 'cmd_partition', 'cmd_evaluate', 'cmd_pretrain',
+           'cmd_finetune', 'cmd_predict', 'cmd_reproduce', 'add_config_args', 'config_from_args', 'HelpFormatter',
+           'add_synth', 'add_check_data', 'add_partition', 'add_evaluate', 'add_training', 'add_predict',
+           'add_reproduce', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #386fc50f
 def cmd_synth(args) -> int:
@@ -195,15 +196,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         h = action.help or ''
         return h if 'default' in h or action.default is None or action.default is False else super()._get_help_string(action)
 
-# %% ../nbs/10_cli.ipynb #f04eaedb
-def build_parser() -> argparse.ArgumentParser:
-    "The `glrp` argument parser with all subcommands."
-    fmt = HelpFormatter
-    p = argparse.ArgumentParser(prog='glrp', description='GLRP companion: data, pretraining, segmentation, CRF, evaluation.',
-                                formatter_class=fmt)
-    p.add_argument('--version', action='version', version=f'glrp {glrp.__version__}')
-    sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
-
+# %% ../nbs/10_cli.ipynb #fdd83d22
+def add_synth(sub, # the subparsers of `build_parser`
+             fmt=HelpFormatter, # the help formatter
+             ):
+    "glrp synth: the synthetic phantom in ACDC layout."
     s = sub.add_parser('synth', help='write the synthetic phantom in ACDC layout', formatter_class=fmt)
     s.add_argument('out', type=Path, help='output folder (patients go to OUT/training/)')
     s.add_argument('--patients', type=int, default=20, help='number of patients')
@@ -211,10 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--cine', type=int, default=0, help='how many patients also get a 4D cine')
     s.set_defaults(func=cmd_synth)
 
+# %% ../nbs/10_cli.ipynb #e1a37949
+def add_check_data(sub, # the subparsers of `build_parser`
+                  fmt=HelpFormatter, # the help formatter
+                  ):
+    "glrp check-data: every problem in a dataset."
     s = sub.add_parser('check-data', help='report every problem in an ACDC-layout dataset', formatter_class=fmt)
     s.add_argument('data', type=Path, help='dataset folder (root, training/ or a folder of patientXXX/)')
     s.set_defaults(func=cmd_check_data)
 
+# %% ../nbs/10_cli.ipynb #ed0104eb
+def add_partition(sub, # the subparsers of `build_parser`
+                 fmt=HelpFormatter, # the help formatter
+                 ):
+    "glrp partition: the manifest of folds, labeled patients and pool."
     s = sub.add_parser('partition', help='write the partition manifest (folds, validation, labeled, pool)', formatter_class=fmt)
     s.add_argument('data', type=Path, help='dataset folder')
     s.add_argument('--out', type=Path, required=True, help='manifest JSON to write')
@@ -229,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--pool-includes-test', action='store_true', help="put the test fold's images in the unlabeled pool")
     s.set_defaults(func=cmd_partition)
 
+# %% ../nbs/10_cli.ipynb #725f6c6a
+def add_evaluate(sub, # the subparsers of `build_parser`
+                fmt=HelpFormatter, # the help formatter
+                ):
+    "glrp evaluate: Dice, HD95 and ASSD of predictions."
     s = sub.add_parser('evaluate', help='Dice, HD95 and ASSD of NIfTI predictions against ACDC-layout ground truth',
                        formatter_class=fmt)
     s.add_argument('pred', type=Path, help='predictions patientXXX_frameYY.nii.gz (flat or in patientXXX/ folders)')
@@ -240,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--empty-distance', type=_distance, default='fov', help="HD95/ASSD/HD of a missed or hallucinated structure: 'fov' (the volume's diagonal in mm), 'nan' (left out of the means) or a number of mm")
     s.set_defaults(func=cmd_evaluate)
 
+# %% ../nbs/10_cli.ipynb #66c42d4c
+def add_training(sub, # the subparsers of `build_parser`
+                fmt=HelpFormatter, # the help formatter
+                ):
+    "glrp pretrain and glrp finetune: every field of their config dataclass is an option."
     for name, cls, fn, what in (('pretrain', PretrainConfig, cmd_pretrain, "contrastive pretraining on a fold's unlabeled pool"),
                                 ('finetune', FinetuneConfig, cmd_finetune, "fine-tuning on a fold's labeled patients, best epoch on validation")):
         s = sub.add_parser(name, help=what, formatter_class=fmt)
@@ -248,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument('--stop-after', type=int, default=None, help='stop after this many epochs of this call (resume later)')
         s.set_defaults(func=fn)
 
+# %% ../nbs/10_cli.ipynb #042fee3a
+def add_predict(sub, # the subparsers of `build_parser`
+               fmt=HelpFormatter, # the help formatter
+               ):
+    "glrp predict: a model folder on scans, or a checkpoint on a fold."
     s = sub.add_parser('predict', help='segment scans with a model folder (-i INPUT -o OUTPUT); or predict a fold with a checkpoint (reproduction)',
                        formatter_class=fmt, description="Two forms. MODEL -i INPUT... -o OUTPUT: segment .nii/.nii.gz scans (files, "
                        "plain folders, ACDC-layout folders) with a model folder; one label file per input, same name, native grid and header. "
@@ -284,9 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--no-progress', action='store_true', help='no progress bar')
     s.set_defaults(func=cmd_predict)
 
+# %% ../nbs/10_cli.ipynb #a07e2947
+def add_reproduce(sub, # the subparsers of `build_parser`
+                 fmt=HelpFormatter, # the help formatter
+                 ):
+    "glrp reproduce: the paper's tables from a profile."
     s = sub.add_parser('reproduce', help="run the paper's experiments (papermill notebooks) and assemble results.csv and RESULTS.md",
                        formatter_class=fmt)
-    s.add_argument('--profile', default='smoke', help="smoke (synthetic phantom, minutes), cpu (ACDC on a CPU, about an hour), study (ACDC, 5 folds, M = 2, 6, 10, paired statistics; about 6 h on a CPU), paper (the full protocol, GPU) or a JSON profile file")
+    s.add_argument('--profile', default='smoke', help="smoke (synthetic phantom, minutes), cpu (ACDC on a CPU, about an hour), study (ACDC, 5 folds, M = 2, 6, 10, paired statistics; about 6 h on a CPU), ssl4mis (ACDC's 70/10/20 split, M = 3 and 7, semi-supervised rows), paper (the full protocol, GPU) or a JSON profile file")
     s.add_argument('--data', type=Path, default=None, help='dataset folder (ACDC root or training/); default: the synthetic phantom (smoke only)')
     s.add_argument('--out', type=Path, default=None, help='output folder (default: runs/PROFILE)')
     s.add_argument('--jobs', type=int, default=1, help='experiments at once (one GPU each when there are several)')
@@ -296,6 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--only', nargs='+', choices=['main_table', 'ablation', 'figures'], default=None, help='run only these notebooks')
     s.add_argument('--report-only', action='store_true', help='run nothing: assemble results.csv and RESULTS.md from the results in --out (a study run in parts)')
     s.set_defaults(func=cmd_reproduce)
+
+# %% ../nbs/10_cli.ipynb #b419bd4d
+SUBCOMMANDS = (add_synth, add_check_data, add_partition, add_evaluate, add_training, add_predict, add_reproduce)  # in the order of `glrp --help`
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `glrp` argument parser with all subcommands."
+    fmt = HelpFormatter
+    p = argparse.ArgumentParser(prog='glrp', description='GLRP companion: data, pretraining, segmentation, CRF, evaluation.',
+                                formatter_class=fmt)
+    p.add_argument('--version', action='version', version=f'glrp {glrp.__version__}')
+    sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    for add in SUBCOMMANDS: add(sub, fmt)
     return p
 
 # %% ../nbs/10_cli.ipynb #647a95f1
