@@ -3,6 +3,8 @@
 1. Stage the sources in _proc/docs/ (git-ignored): a copy of each notebook with nbdev's cell directives turned into
    myst-nb cell tags (`#| hide` and `#| default_exp` cells removed, `#| export` code folded behind a toggle), one API
    page per module of glrp/ (sphinx autodoc), and a hidden table of contents appended to the home page (nbs/index.ipynb).
+   The home page's images are linked from the repository root, as README.md needs them (nbs/images/...): nbs/images/
+   is staged as _proc/docs/nbs/images/, so the same paths resolve beside the staged home page.
    Files whose content did not change are not rewritten, so Sphinx rebuilds only what changed; when a notebook or module
    is gone, _docs/ is built afresh (Sphinx would keep its old page).
 2. Run Sphinx with the configuration in docs/conf.py; any Sphinx warning fails the build.
@@ -43,10 +45,12 @@ def convert_cell(cell):
 
 
 def write(path, text, written):
-    "Write `text` to `path` only when it differs (keeps Sphinx's incremental build); note it as written."
+    "Write `text` (str, or bytes for a binary file) to `path` only when it differs (keeps Sphinx's incremental build); note it as written."
     written.add(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text(encoding='utf-8') != text: path.write_text(text, encoding='utf-8')
+    if isinstance(text, bytes):
+        if not path.exists() or path.read_bytes() != text: path.write_bytes(text)
+    elif not path.exists() or path.read_text(encoding='utf-8') != text: path.write_text(text, encoding='utf-8')
 
 
 def stage():
@@ -70,6 +74,8 @@ def stage():
            '```{toctree}\n:hidden:\n:caption: Reference\n\napi/index\n```\n')
     index['cells'] = [convert_cell(c) for c in index['cells']] + [dict(cell_type='markdown', metadata={}, source=toc)]
     write(SRC/'index.ipynb', json.dumps(index, indent=1, ensure_ascii=False) + '\n', written)
+    for img in sorted((NBS/'images').rglob('*')) if (NBS/'images').is_dir() else []:  # README.md's figures, same paths
+        if img.is_file(): write(SRC/img.relative_to(ROOT), img.read_bytes(), written)
     removed = [p for p in SRC.rglob('*') if p.is_file() and p not in written]
     for p in removed: p.unlink()  # a notebook or module removed since the last build: its staged copy goes too
     return removed
