@@ -157,6 +157,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'glrp.data.provenance': ('data.html#provenance', 'glrp/data.py'),
                            'glrp.data.read_info': ('data.html#read_info', 'glrp/data.py'),
                            'glrp.data.read_patient': ('data.html#read_patient', 'glrp/data.py'),
+                           'glrp.data.relative_path': ('data.html#relative_path', 'glrp/data.py'),
+                           'glrp.data.resolve_path': ('data.html#resolve_path', 'glrp/data.py'),
                            'glrp.data.save_nifti_like': ('data.html#save_nifti_like', 'glrp/data.py'),
                            'glrp.data.write_json': ('data.html#write_json', 'glrp/data.py')},
             'glrp.distributed': { 'glrp.distributed.DistInfo': ('distributed.html#distinfo', 'glrp/distributed.py'),

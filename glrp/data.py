@@ -13,13 +13,13 @@ import numpy as np
 import nibabel as nib
 
 # %% auto #0
-__all__ = ['CLASSES', 'ACDC_LABELS', 'MNMS_LABELS', 'INFO_KEYS', 'PATIENT_RE', 'MAX_VOXELS', 'GRID_TOL', 'InputError',
-           'DataError', 'LayoutError', 'MissingFileError', 'InfoError', 'CorruptFileError', 'ShapeError', 'LabelError',
-           'IntensityError', 'JSONRecord', 'label_lut', 'find_acdc', 'read_info', 'Frame', 'Patient', 'check_header',
-           'nifti_header', 'patient_dirs', 'read_patient', 'index_acdc', 'patient_files', 'data_hash', 'git_commit',
-           'provenance', 'load_nifti', 'load_image', 'canonical_labels', 'load_label', 'Source', 'as_source',
-           'grid_difference', 'check_same_grid', 'load_cine_frame', 'load_volume', 'cine_volumes', 'cine_sources',
-           'atomic_path', 'write_json', 'save_nifti_like']
+__all__ = ['CLASSES', 'ACDC_LABELS', 'MNMS_LABELS', 'LABEL_MAPS', 'INFO_KEYS', 'PATIENT_RE', 'MAX_VOXELS', 'GRID_TOL',
+           'InputError', 'DataError', 'LayoutError', 'MissingFileError', 'InfoError', 'CorruptFileError', 'ShapeError',
+           'LabelError', 'IntensityError', 'JSONRecord', 'label_lut', 'find_acdc', 'read_info', 'Frame', 'Patient',
+           'check_header', 'nifti_header', 'patient_dirs', 'read_patient', 'index_acdc', 'patient_files', 'data_hash',
+           'git_commit', 'provenance', 'load_nifti', 'load_image', 'canonical_labels', 'load_label', 'Source',
+           'as_source', 'grid_difference', 'check_same_grid', 'load_cine_frame', 'load_volume', 'cine_volumes',
+           'cine_sources', 'atomic_path', 'write_json', 'save_nifti_like', 'relative_path', 'resolve_path']
 
 # %% ../nbs/00_data.ipynb #3d430dc0
 class InputError(ValueError):
@@ -63,6 +63,7 @@ class JSONRecord:
 CLASSES = ('RV', 'MYO', 'LV')  # canonical order: label value i+1 is CLASSES[i], 0 is background
 ACDC_LABELS = {1: 'RV', 2: 'MYO', 3: 'LV'}  # value in the file -> structure
 MNMS_LABELS = {1: 'LV', 2: 'MYO', 3: 'RV'}
+LABEL_MAPS = {'acdc': ACDC_LABELS, 'mnms': MNMS_LABELS}  # the label orders glrp reads and writes, by name (`--label-map`, `--labels`)
 
 # %% ../nbs/00_data.ipynb #63ec81ad
 def label_lut(label_map:dict=ACDC_LABELS, # file value -> structure name in `CLASSES`
@@ -557,3 +558,19 @@ def save_nifti_like(array:np.ndarray, # (X, Y, Z), the reference's shape
     img = nib.Nifti1Image(array.astype(dtype), ref.affine, hdr)
     with atomic_path(out_path, '.nii.gz' if out_path.name.endswith('.gz') else '.nii') as tmp: nib.save(img, str(tmp))
     return out_path
+
+# %% ../nbs/00_data.ipynb #92460136
+def relative_path(path, # absolute, or relative to the current directory; None stays None
+                  folder, # the folder of the file that records it
+                 ) -> str|None:
+    "`path` as a file in `folder` records it: relative to `folder` with '/' separators, absolute where no relative path exists."
+    if path is None: return None
+    try: return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(folder))).as_posix()
+    except ValueError: return Path(os.path.abspath(path)).as_posix()  # another drive (Windows)
+
+# %% ../nbs/00_data.ipynb #5775bb08
+def resolve_path(path, # a path recorded by a file in `folder` (relative to it, or absolute); None stays None
+                 folder, # the folder of that file
+                ) -> Path|None:
+    "The absolute path that a recorded path names: `path` joined to `folder` (an absolute `path` stays as it is)."
+    return None if path is None else Path(os.path.normpath(os.path.join(os.path.abspath(folder), path)))

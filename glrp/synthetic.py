@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np
 from scipy import ndimage
-from .data import InputError, atomic_path
+from .data import InputError, ACDC_LABELS, atomic_path
 
 # %% auto #0
 __all__ = ['GROUPS', 'LABELS', 'TISSUES', 'INTENSITY', 'TEXTURE', 'ACDC_AFFINE', 'smoothstep', 'wrap', 'bump', 'Heart',
@@ -21,7 +21,7 @@ __all__ = ['GROUPS', 'LABELS', 'TISSUES', 'INTENSITY', 'TEXTURE', 'ACDC_AFFINE',
 
 # %% ../nbs/01_synthetic.ipynb #d7f6cafd
 GROUPS = ('NOR', 'MINF', 'DCM', 'HCM', 'RV')  # ACDC pathology groups
-LABELS = {'RV': 1, 'MYO': 2, 'LV': 3}         # ACDC label values (0 is background)
+LABELS = {k: v for v, k in ACDC_LABELS.items()}  # structure -> ACDC label value (0 is background): `glrp.data.ACDC_LABELS` inverted
 
 def smoothstep(x):
     "0 below 0, 1 above 1 and a smooth cubic in between."
