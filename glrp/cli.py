@@ -7,8 +7,7 @@ from __future__ import annotations
 import argparse, json, os, sys
 from pathlib import Path
 import glrp
-from .data import ACDC_LABELS, MNMS_LABELS
-from .data import InputError, DataError, index_acdc
+from .data import LABEL_MAPS, InputError, DataError, index_acdc
 from .check import check_dataset, checked_index
 from .synthetic import write_phantom
 from .partition import PROTOCOLS, make_manifest, write_manifest, manifest_summary
@@ -17,10 +16,10 @@ from .train import PretrainConfig, FinetuneConfig, field_help, pretrain, finetun
 from .inference import PREDICT_ROLES, predict, export_model
 
 # %% auto #0
-__all__ = ['LABEL_MAPS', 'SUBCOMMANDS', 'cmd_synth', 'cmd_check_data', 'cmd_partition', 'cmd_evaluate', 'cmd_pretrain',
-           'cmd_finetune', 'cmd_predict', 'cmd_reproduce', 'add_config_args', 'config_from_args', 'HelpFormatter',
-           'add_synth', 'add_check_data', 'add_partition', 'add_evaluate', 'add_training', 'add_predict',
-           'add_reproduce', 'build_parser', 'main']
+__all__ = ['SUBCOMMANDS', 'cmd_synth', 'cmd_check_data', 'cmd_partition', 'cmd_evaluate', 'cmd_pretrain', 'cmd_finetune',
+           'cmd_predict', 'cmd_reproduce', 'add_config_args', 'config_from_args', 'HelpFormatter', 'add_synth',
+           'add_check_data', 'add_partition', 'add_evaluate', 'add_training', 'add_predict', 'add_reproduce',
+           'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #386fc50f
 def cmd_synth(args) -> int:
@@ -98,7 +97,7 @@ def cmd_finetune(args) -> int:
 def cmd_predict(args) -> int:
     "Segment scans with a model folder (-i INPUT -o OUTPUT), or predict a role of a fold with a fine-tuned checkpoint (the reproduction)."
     import warnings
-    from glrp.segment import predict_mode, segment, OUTPUT_LABELS
+    from glrp.segment import predict_mode, segment
     get = lambda name, default=None: default if getattr(args, name, None) is None else getattr(args, name)
     given = lambda *names: [f"--{n.replace('_', '-')}" for n in names if getattr(args, n, None) is not None]
     if predict_mode(args.model, args.input) == 'checkpoint':
@@ -118,7 +117,7 @@ def cmd_predict(args) -> int:
                       split_frames=get('split_frames', False), save_probs=args.save_probs, overlap=get('overlap', 0.5), device=args.device,
                       fast=args.fast, batch=args.batch, workers=args.workers, progress=not args.no_progress)
     for w in ws: print(f"warning: {w.message}", file=sys.stderr)
-    values = ', '.join(f"{v} {s}" for v, s in sorted(OUTPUT_LABELS[labels].items()))
+    values = ', '.join(f"{v} {s}" for v, s in sorted(LABEL_MAPS[labels].items()))
     print(f"predict: wrote {len(res.written)} label file(s) to {args.out} (labels {labels}: {values})")
     for e in res.failed: print(f"glrp predict: error: {e}", file=sys.stderr)
     if res.failed or not res.written:
@@ -144,8 +143,6 @@ def cmd_reproduce(args) -> int:
     return 0
 
 # %% ../nbs/10_cli.ipynb #c07adbbe
-LABEL_MAPS = {'acdc': ACDC_LABELS, 'mnms': MNMS_LABELS}
-
 def _opt_type(t):
     "`t` that also reads 'none' as None."
     def f(v): return None if v.lower() == 'none' else t(v)
@@ -274,7 +271,7 @@ def add_predict(sub, # the subparsers of `build_parser`
                        formatter_class=fmt, description="Two forms. MODEL -i INPUT... -o OUTPUT: segment .nii/.nii.gz scans (files, "
                        "plain folders, ACDC-layout folders) with a model folder; one label file per input, same name, native grid and header. "
                        "CHECKPOINT --out OUT [--role ...]: the reproduction's prediction of a manifest's fold with a fine-tuned checkpoint.")
-    from glrp.segment import FOVS, OUTPUT_LABELS
+    from glrp.segment import FOVS
     S = argparse.SUPPRESS  # options of one form only: absent unless given, so that the other form can refuse them
     s.add_argument('model', type=Path, metavar='MODEL', help="a model folder (OUT/model of glrp finetune) with -i; "
                    "or a fine-tuned checkpoint (best.pt, last.pt) for the reproduction's form")
@@ -285,7 +282,7 @@ def add_predict(sub, # the subparsers of `build_parser`
     s.add_argument('--crf', action=argparse.BooleanOptionalAction, default=None,
                    help='dense CRF on or off (default: on when the model folder holds tuned CRF parameters; off with a checkpoint)')
     s.add_argument('--crf-params', type=Path, default=None, help="CRFParams JSON replacing the model's tuned ones ({} for CRFParams()'s defaults); --crf needs it where the model has none")
-    s.add_argument('--labels', choices=sorted(OUTPUT_LABELS), default=S,
+    s.add_argument('--labels', choices=sorted(LABEL_MAPS), default=S,
                    help='output label values: acdc 1 RV, 2 MYO, 3 LV; mnms 1 LV, 2 MYO, 3 RV (model folder; default: acdc)')
     s.add_argument('--split-frames', action='store_true', default=S,
                    help='a 4D cine gives one 3D label file per frame, NAME_tTT (model folder; default: one 4D label file)')
