@@ -559,7 +559,7 @@ def save_nifti_like(array:np.ndarray, # (X, Y, Z), the reference's shape
     with atomic_path(out_path, '.nii.gz' if out_path.name.endswith('.gz') else '.nii') as tmp: nib.save(img, str(tmp))
     return out_path
 
-# %% ../nbs/00_data.ipynb #92460136
+# %% ../nbs/00_data.ipynb #4a4076b7
 def relative_path(path, # absolute, or relative to the current directory; None stays None
                   folder, # the folder of the file that records it
                  ) -> str|None:
@@ -568,7 +568,7 @@ def relative_path(path, # absolute, or relative to the current directory; None s
     try: return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(folder))).as_posix()
     except ValueError: return Path(os.path.abspath(path)).as_posix()  # another drive (Windows)
 
-# %% ../nbs/00_data.ipynb #5775bb08
+# %% ../nbs/00_data.ipynb #a69312ec
 def resolve_path(path, # a path recorded by a file in `folder` (relative to it, or absolute); None stays None
                  folder, # the folder of that file
                 ) -> Path|None:
