@@ -22,7 +22,7 @@ from .inference import predict
 from .crf import CRFParams, tune_crf
 from .metrics import evaluate_folder
 from .stats import METHOD_ORDER, UNIFORM_KEYS, method_key, volume_records, summary_table, stats_markdown, plot_dice_vs_M, plot_paired
-from .stats import PAIRS, compare, holm, _mean
+from .stats import PAIRS, compare, holm, mean_sd, _mean
 from .clinical import voxel_ml, patient_indices, agreement
 
 # %% auto #0
@@ -654,11 +654,10 @@ def results_csv(rows:list, fields:list=CSV_FIELDS) -> str:
     return buf.getvalue()
 
 # %% ../nbs/09_reproduce.ipynb #69d0c021
-def _ms(xs:list, d:int=3) -> str:
-    "mean ± std (ddof=0) of the finite values, or the value alone when there is one."
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    if not xs: return '–'
-    return f"{np.mean(xs):.{d}f}" if len(xs) == 1 else f"{np.mean(xs):.{d}f} ± {np.std(xs):.{d}f}"
+def _spread(rows:list, key:str, d:int=3) -> str:
+    "`mean_sd` of `key` over folds, seeds averaged per fold; over the seeds where there is one fold."
+    folds = _groups(rows, ('fold',))
+    return mean_sd([_mean(r[key] for r in rs) for rs in folds.values()] if len(folds) > 1 else [r[key] for r in rows], d)
 
 def _groups(rows:list, keys:tuple) -> dict:
     g = {}
@@ -668,7 +667,7 @@ def _groups(rows:list, keys:tuple) -> dict:
 def main_table_markdown(rows:list, # from `result_rows`
                         split:str='test', # 'test' (the fold's test patients) or 'testing' (ACDC's testing/)
                        ) -> str:
-    "Per method and M, without and with CRF: pooled Dice per class and mean (mean ± std over runs: folds x seeds), ACDC-style Dice and HD95, paper."
+    "Per method and M, without and with CRF: pooled Dice per class and mean (mean ± sd over folds, seeds averaged per fold; over seeds where there is one fold), ACDC-style Dice and HD95, paper."
     rows = [r for r in rows if r['notebook'] == 'main_table' and r['split'] == split and r['crf'] in ('none', 'crf')]
     if not rows: return ''
     lines = ["| method | M | CRF | runs | Dice RV | Dice MYO | Dice LV | **Dice mean** | ACDC Dice | ACDC HD95 (mm) | paper | ours − paper |",
@@ -676,9 +675,9 @@ def main_table_markdown(rows:list, # from `result_rows`
     for (method, M, crf), rs in sorted(_groups(rows, ('method', 'M', 'crf')).items(), key=lambda kv: (kv[0][1], method_key(kv[0][0]), kv[0][2] != 'none')):
         paper = PAPER.get((method, M))
         mean = np.mean([r['dice_mean'] for r in rs])
-        lines.append(f"| {method} | {M} | {'yes' if crf == 'crf' else 'no'} | {len(rs)} | {_ms([r['dice_RV'] for r in rs])} | "
-                     f"{_ms([r['dice_MYO'] for r in rs])} | {_ms([r['dice_LV'] for r in rs])} | **{_ms([r['dice_mean'] for r in rs])}** | "
-                     f"{_ms([r['acdc_dice_mean'] for r in rs])} | {_ms([r['acdc_hd95_mean'] for r in rs], 2)} | "
+        lines.append(f"| {method} | {M} | {'yes' if crf == 'crf' else 'no'} | {len(rs)} | {_spread(rs, 'dice_RV')} | "
+                     f"{_spread(rs, 'dice_MYO')} | {_spread(rs, 'dice_LV')} | **{_spread(rs, 'dice_mean')}** | "
+                     f"{_spread(rs, 'acdc_dice_mean')} | {_spread(rs, 'acdc_hd95_mean', 2)} | "
                      f"{f'{paper[0]:.3f} ({paper[1]})' if paper else '–'} | {f'{mean - paper[0]:+.3f}' if paper else '–'} |")
     return '\n'.join(lines) + '\n'
 
@@ -820,8 +819,9 @@ def results_markdown(rows:list, # from `result_rows`
     "RESULTS.md: the tables and their provenance."
     sw = meta.get('software', {})
     out = [f"# Results: profile `{meta.get('profile')}`", "",
-           "Dice: pooled over all test slices per class (PCL's metric; mean = mean over RV, MYO, LV), mean ± std over runs (folds x seeds). "
-           "ACDC Dice / HD95: per volume on the native grid (ACDC challenge style), mean over the test volumes (± std over folds when there are several). "
+           "Dice: pooled over all test slices per class (PCL's metric; mean = mean over RV, MYO, LV). "
+           "ACDC Dice / HD95: per volume on the native grid (ACDC challenge style), mean over the test volumes. "
+           "± is the sd (ddof = 1) over folds, seeds averaged per fold; with one fold, over seeds. `runs`: folds x seeds. "
            "CRF: dense CRF with parameters tuned on the validation patients, kept only when it improves their Dice (otherwise the CRF row equals the no-CRF row). `paper`: the number the paper gives (GLRP abstract: GLRP 0.876, PCL 0.801 at M = 10; PCL paper: 0.671 at M = 2).", "",
            "## Main table (each fold's test patients)", "", main_table_markdown(rows, 'test') or '(no results)', ""]
     t = main_table_markdown(rows, 'testing')

@@ -14,8 +14,8 @@ from .metrics import pooled_dice_from_counts
 # %% auto #0
 __all__ = ['PAIRS', 'UNIFORM_KEYS', 'REQUIRED', 'METHOD_ORDER', 'volume_records', 'synthetic_records', 'check_uniform',
            'patient_dice', 'paired_differences', 'stratified_indices', 'bootstrap_means', 'bootstrap_ci', 'wilcoxon_p',
-           'holm', 'compare', 'fold_pooled_dice', 'method_key', 'method_rows', 'summary_table', 'stats_markdown',
-           'plot_dice_vs_M', 'plot_paired']
+           'holm', 'compare', 'fold_pooled_dice', 'method_key', 'method_rows', 'summary_table', 'mean_sd',
+           'stats_markdown', 'plot_dice_vs_M', 'plot_paired']
 
 # %% ../nbs/12_stats.ipynb #599c0139
 PAIRS = (('glrp', 'pcl'), ('glrp', 'random'), ('pcl', 'random'), ('glrp', 'glrp-global'))  # (a, b): differences a − b
@@ -286,17 +286,27 @@ def summary_table(records:list, # per-volume records
     return dict(methods=method_rows(records, level, classes), pairs=rows, uniform=uniform, level=level, n_boot=n_boot,
                 seed=seed, zero_method=zero_method, correction=correction)
 
-# %% ../nbs/12_stats.ipynb #78a7aa95
+# %% ../nbs/12_stats.ipynb #92b34816
 def _p(p) -> str: return '–' if p is None or not math.isfinite(p) else ('< 0.001' if p < 0.001 else f'{p:.3f}')
 def _f(x, d, sign=False) -> str: return '–' if x is None or not math.isfinite(x) else (f'{x:+.{d}f}' if sign else f'{x:.{d}f}')
 
+# %% ../nbs/12_stats.ipynb #901e8e83
+def mean_sd(xs, # values (None and NaN are left out)
+            d:int=3, # decimals
+           ) -> str:
+    "'mean ± sd' of the finite values (sd with ddof = 1); the mean alone for one value; '–' for none."
+    x = np.asarray([np.nan if v is None else v for v in xs], float); x = x[np.isfinite(x)]
+    if not len(x): return '–'
+    return f"{x.mean():.{d}f}" if len(x) == 1 else f"{x.mean():.{d}f} ± {x.std(ddof=1):.{d}f}"
+
+# %% ../nbs/12_stats.ipynb #78a7aa95
 def stats_markdown(table:dict, # from `summary_table`
                    digits:int=3, # decimals of Dice and differences
                   ) -> str:
     "Markdown for RESULTS.md: pooled Dice per method and M, then the paired differences (M, pair, n, mean, CI, Wilcoxon p, mean per fold), with notes."
     lv = f"{100*table['level']:g}%"
     out = [f"| M | method | folds | test patients | pooled Dice (mean ± sd over folds) | {lv} CI over folds (t) |", "|---|---|---|---|---|---|"]
-    out += [f"| {r['M']} | {r['method']} | {r['n_folds']} | {r['n_patients']} | {_f(r['mean'], digits)} ± {_f(r['sd'], digits)} | "
+    out += [f"| {r['M']} | {r['method']} | {r['n_folds']} | {r['n_patients']} | {mean_sd(r['folds'], digits)} | "
             f"[{_f(r['lo'], digits)}, {_f(r['hi'], digits)}] |" for r in table['methods']]
     holm_ = table.get('correction') == 'holm'
     out += ['', f"| M | pair (a − b) | n patients (folds) | mean difference | {lv} CI | Wilcoxon p |" + (' Holm p |' if holm_ else '') + ' mean per fold |',
