@@ -831,7 +831,9 @@ def results_markdown(rows:list, # from `result_rows`
     if curves: out += ["## Validation curves (fine-tuning)", "", "Pooled validation Dice, the last validation pass by each tenth of a run's steps, "
                        "mean over the seeds; every pass of every run in `curves.csv`.", "", curves.strip(), ""]
     if compute: out += ["## Compute per experiment", "", "Wall minutes per experiment, mean over its runs: own (fine-tuning, CRF tuning, evaluation) "
-                        "and an equal share of the pretraining it starts from (trained once, shared by every experiment that uses it).", "", compute.strip(), ""]
+                        "and an equal share of the pretraining it starts from (trained once, shared by every experiment that uses it). "
+                        "Wall time as run, with whatever else shared the machine. Without `work/`, a pretraining resumed by a later invocation counts only that part.",
+                        "", compute.strip(), ""]
     a = ablation_markdown(rows)
     if a: out += ["## Ablation (GLRP variants; mean pooled Dice on the test fold)", "", "Columns: no CRF, the CRF tuned on validation, and the tuned CRF with its iteration count replaced.", "", a, ""]
     figs = meta.get('figures') or []
