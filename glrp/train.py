@@ -157,7 +157,8 @@ class PretrainConfig(_Config):
         _check_common(self)
         _check(self.batch >= 2, f"batch must be >= 2 (a contrastive batch needs two slices), got {self.batch}")
         _check(self.cine_frames is None or self.cine_frames >= 0, f"cine_frames must be >= 0 or None, got {self.cine_frames}")
-        _check(self.local_epochs is None or self.local_epochs >= 1, f"local_epochs must be >= 1 or None, got {self.local_epochs}")
+        _check(self.local_epochs is None or self.local_epochs >= 1,
+               f"local_epochs must be >= 1 or None (None: as many as epochs; no local stage: stage='global'), got {self.local_epochs}")
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _check(self.local_lr is None or (_finite(self.local_lr) and self.local_lr > 0), f"local_lr must be a finite number > 0 or None, got {self.local_lr}")
         _check(_finite(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
