@@ -301,6 +301,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'glrp.reproduce.Experiment.label': ('reproduce.html#experiment.label', 'glrp/reproduce.py'),
                                 'glrp.reproduce.Interrupted': ('reproduce.html#interrupted', 'glrp/reproduce.py'),
                                 'glrp.reproduce.Interrupted.__init__': ('reproduce.html#interrupted.__init__', 'glrp/reproduce.py'),
+                                'glrp.reproduce.MethodPlan': ('reproduce.html#methodplan', 'glrp/reproduce.py'),
                                 'glrp.reproduce.NotebookError': ('reproduce.html#notebookerror', 'glrp/reproduce.py'),
                                 'glrp.reproduce._epochs_done': ('reproduce.html#_epochs_done', 'glrp/reproduce.py'),
                                 'glrp.reproduce._gpus': ('reproduce.html#_gpus', 'glrp/reproduce.py'),

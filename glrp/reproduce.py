@@ -30,7 +30,7 @@ __all__ = ['PCL_CODE', 'METHOD_PLANS', 'SEMI_METHODS', 'PATH_PARAMS', 'RECORD_PA
            'ABLATION_DEFAULT', 'PROFILE_DEFAULTS', 'PROFILES', 'RUN_FIELDS', 'METHOD_FIELDS', 'NET_FIELDS', 'SECTIONS',
            'SETTINGS', 'CSV_FIELDS', 'STATS_FIGURES', 'CLINICAL_COLUMNS', 'CURVE_FIELDS', 'REPRO_MODULES',
            'canonical_json', 'short_hash', 'file_lock', 'experiment_data', 'split_folders', 'experiment_manifest',
-           'testing_manifest', 'semi_method', 'method_plan', 'pretraining_protocol', 'pretraining_folder',
+           'testing_manifest', 'MethodPlan', 'semi_method', 'method_plan', 'pretraining_protocol', 'pretraining_folder',
            'pretrained_encoder', 'finetuned_model', 'validation_crf', 'evaluation', 'markdown_rows', 'read_log',
            'relative_path', 'resolve_path', 'notebook_parameters', 'result_record', 'write_result', 'Experiment',
            'section_settings', 'load_profile', 'experiment_settings', 'experiments', 'NotebookError', 'Interrupted',
@@ -129,17 +129,27 @@ def testing_manifest(data, # dataset folder (root or training/)
         if not path.is_file(): write_manifest(make_manifest(pats, folds=2, labeled=0, val=0, root=str(te), fingerprint=fp), path)
     return path
 
-# %% ../nbs/09_reproduce.ipynb #fbb9ad06
+# %% ../nbs/09_reproduce.ipynb #8bdc52d6
 PCL_CODE = dict(base_temperature=0.07, positions='pcl')  # as PCL's code runs SimCLR, GCL and PCL: loss x T / 0.07; slice i of Z at (i + 1) / Z, partition i // round_half_up(Z / 4)
 
-METHOD_PLANS = {  # method name -> (PretrainConfig overrides or None, `pretraining_until`: 'stage1' or 'all', UNet parts handed to fine-tuning)
-    'random': (None, None, ()),
-    'simclr': (dict(method='simclr', stage='global', **PCL_CODE), 'all', ('encoder',)),
-    'gcl': (dict(method='gcl', stage='global', **PCL_CODE), 'all', ('encoder',)),
-    'pcl': (dict(method='pcl', stage='global', **PCL_CODE), 'all', ('encoder',)),
-    'glrp-global': (dict(method='glrp', stage='global+local'), 'stage1', ('encoder',)),
-    'glrp': (dict(method='glrp', stage='global+local'), 'all', ('encoder', 'decoder')),
+@dataclass(frozen=True)
+class MethodPlan:
+    "How a method of the tables initialises the UNet before fine-tuning."
+    pretrain: dict|None = None  # PretrainConfig fields of its pretraining; None: random init
+    until: str|None = None  # the pretraining's checkpoint it starts from: 'stage1' (end of the global stage) or 'all'
+    parts: tuple = ()  # the UNet parts handed to fine-tuning
+
+# %% ../nbs/09_reproduce.ipynb #fe51f452
+METHOD_PLANS = {  # method name -> its `MethodPlan`
+    'random': MethodPlan(),
+    'simclr': MethodPlan(dict(method='simclr', stage='global', **PCL_CODE), 'all', ('encoder',)),
+    'gcl': MethodPlan(dict(method='gcl', stage='global', **PCL_CODE), 'all', ('encoder',)),
+    'pcl': MethodPlan(dict(method='pcl', stage='global', **PCL_CODE), 'all', ('encoder',)),
+    'glrp-global': MethodPlan(dict(method='glrp', stage='global+local'), 'stage1', ('encoder',)),
+    'glrp': MethodPlan(dict(method='glrp', stage='global+local'), 'all', ('encoder', 'decoder')),
 }
+
+# %% ../nbs/09_reproduce.ipynb #a9b8134e
 SEMI_METHODS = ('mean-teacher', 'bcp')  # semi-supervised fine-tuning (`FinetuneConfig.semi`): alone ('bcp': random init) or on a pretraining ('bcp+glrp')
 
 def semi_method(method:str, # a method name: a key of `METHOD_PLANS`, a semi-supervised method, or 'SEMI+PLAN' (e.g. 'bcp+glrp')
@@ -150,14 +160,16 @@ def semi_method(method:str, # a method name: a key of `METHOD_PLANS`, a semi-sup
     if method in METHOD_PLANS: return None, method
     raise InputError(f"unknown method {method!r}; expected one of {', '.join(METHOD_PLANS)}, {', '.join(SEMI_METHODS)}, or SEMI+METHOD (e.g. 'bcp+glrp')")
 
+# %% ../nbs/09_reproduce.ipynb #442ce09c
 def method_plan(method:str, # a method name (see `semi_method`)
                 **overrides, # PretrainConfig fields (epochs, lr, tau, ...), applied after the method's own
                ) -> tuple:
     "(PretrainConfig or None, `pretraining_until` ('stage1', 'all' or None), parts) of the pretraining that initialises `method`."
-    over, pretraining_until, parts = METHOD_PLANS[semi_method(method)[1]]
-    if over is None: return None, None, parts
-    return PretrainConfig(**(overrides | over)), pretraining_until, parts
+    plan = METHOD_PLANS[semi_method(method)[1]]
+    if plan.pretrain is None: return None, None, plan.parts
+    return PretrainConfig(**(overrides | plan.pretrain)), plan.until, plan.parts
 
+# %% ../nbs/09_reproduce.ipynb #153a6431
 def pretraining_protocol(cfg:PretrainConfig|None, # the experiment's pretraining (None: random init)
                          manifest:dict, # its partition manifest
                         ) -> dict|None:
