@@ -31,8 +31,8 @@ __all__ = ['STAGES', 'SLICE_RULES', 'PRECISIONS', 'SEMI', 'RESUME_FREE', 'SEMI_L
            'load_checkpoint', 'check_checkpoint', 'clean_stale_temporaries', 'write_log', 'relative_to', 'run_paths',
            'recorded_path', 'run_inputs', 'run_record', 'ProjNet', 'method_kwargs', 'pretrain_phases', 'phase_of',
            'set_phase', 'set_train_mode', 'pretrain_loss', 'warmup_cosine', 'check_step', 'Stage', 'fit', 'Pretraining',
-           'pretrain', 'predict_probs', 'spacing_range', 'Finetuning', 'finetune', 'teacher_rate', 'ema_update',
-           'SemiSupervised', 'mean_teacher_loss', 'bcp_loss']
+           'pretrain', 'predict_probs', 'spacing_range', 'finetune_schedule', 'Finetuning', 'finetune', 'teacher_rate',
+           'ema_update', 'SemiSupervised', 'mean_teacher_loss', 'bcp_loss']
 
 # %% ../nbs/06_train.ipynb #fec7c4d1
 STAGES = ('global', 'local', 'global+local', 'joint')
@@ -101,6 +101,30 @@ class _Config(JSONRecord):
         "The preprocessing of this run."
         return PrepParams(spacing=self.spacing, size=None if self.size is None else tuple(self.size))
 
+# %% ../nbs/06_train.ipynb #8bd517a7
+def _check_pretrain(self):
+    "A `ConfigError` naming the first setting of `self` that cannot run."
+    _check(self.method in METHODS, f"method must be one of {METHODS}, not {self.method!r}")
+    _check(self.stage in STAGES, f"stage must be one of {STAGES}, not {self.stage!r}")
+    _check(self.positions in SLICE_RULES, f"positions must be one of {SLICE_RULES}, not {self.positions!r}")
+    _check(self.kernel in ('tent', 'gaussian', 'hard'), f"kernel must be tent, gaussian or hard, not {self.kernel!r}")
+    _check_common(self)
+    _check(self.batch >= 2, f"batch must be >= 2 (a contrastive batch needs two slices), got {self.batch}")
+    _check(self.cine_frames is None or self.cine_frames >= 0, f"cine_frames must be >= 0 or None, got {self.cine_frames}")
+    _check(self.local_epochs is None or self.local_epochs >= 1,
+           f"local_epochs must be >= 1 or None (None: as many as epochs; no local stage: stage='global'), got {self.local_epochs}")
+    _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+    _check(self.local_lr is None or (_finite(self.local_lr) and self.local_lr > 0), f"local_lr must be a finite number > 0 or None, got {self.local_lr}")
+    _check(_finite(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+    for name in ('T', 'tau', 'threshold'): _check(_finite(getattr(self, name)) and getattr(self, name) > 0, f"{name} must be a finite number > 0, got {getattr(self, name)}")
+    _check(self.base_temperature is None or (_finite(self.base_temperature) and self.base_temperature > 0),
+           f"base_temperature must be a finite number > 0 or None, got {self.base_temperature}")
+    _check(_finite(self.lam) and self.lam >= 0, f"lam must be a finite number >= 0, got {self.lam}")
+    for name in ('proj_dim', 'n_regions'): _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+    _check(self.region_size is None or self.region_size >= 1, f"region_size must be >= 1 or None, got {self.region_size}")
+    _check(1 <= self.local_level <= self.depth, f"local_level must be in 1..depth={self.depth}, got {self.local_level}")
+    _check_aug(self.aug, 'contrastive')
+
 # %% ../nbs/06_train.ipynb #7caf4d01
 @dataclass
 class PretrainConfig(_Config):
@@ -150,26 +174,7 @@ class PretrainConfig(_Config):
 
     def __post_init__(self):
         if self.size is not None: self.size = tuple(int(s) for s in self.size)
-        _check(self.method in METHODS, f"method must be one of {METHODS}, not {self.method!r}")
-        _check(self.stage in STAGES, f"stage must be one of {STAGES}, not {self.stage!r}")
-        _check(self.positions in SLICE_RULES, f"positions must be one of {SLICE_RULES}, not {self.positions!r}")
-        _check(self.kernel in ('tent', 'gaussian', 'hard'), f"kernel must be tent, gaussian or hard, not {self.kernel!r}")
-        _check_common(self)
-        _check(self.batch >= 2, f"batch must be >= 2 (a contrastive batch needs two slices), got {self.batch}")
-        _check(self.cine_frames is None or self.cine_frames >= 0, f"cine_frames must be >= 0 or None, got {self.cine_frames}")
-        _check(self.local_epochs is None or self.local_epochs >= 1,
-               f"local_epochs must be >= 1 or None (None: as many as epochs; no local stage: stage='global'), got {self.local_epochs}")
-        _check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        _check(self.local_lr is None or (_finite(self.local_lr) and self.local_lr > 0), f"local_lr must be a finite number > 0 or None, got {self.local_lr}")
-        _check(_finite(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        for name in ('T', 'tau', 'threshold'): _check(_finite(getattr(self, name)) and getattr(self, name) > 0, f"{name} must be a finite number > 0, got {getattr(self, name)}")
-        _check(self.base_temperature is None or (_finite(self.base_temperature) and self.base_temperature > 0),
-               f"base_temperature must be a finite number > 0 or None, got {self.base_temperature}")
-        _check(_finite(self.lam) and self.lam >= 0, f"lam must be a finite number >= 0, got {self.lam}")
-        for name in ('proj_dim', 'n_regions'): _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        _check(self.region_size is None or self.region_size >= 1, f"region_size must be >= 1 or None, got {self.region_size}")
-        _check(1 <= self.local_level <= self.depth, f"local_level must be in 1..depth={self.depth}, got {self.local_level}")
-        _check_aug(self.aug, 'contrastive')
+        _check_pretrain(self)
 
 # %% ../nbs/06_train.ipynb #815d1ed3
 @dataclass
@@ -888,6 +893,18 @@ def _seg_model(cfg:FinetuneConfig) -> tuple:
     except WeightMismatchError as e: raise DataError(cfg.pretrained, f"weights do not fit its model_args {args}: {e}") from None
     return model, args, loaded
 
+# %% ../nbs/06_train.ipynb #aa8d51ec
+def finetune_schedule(cfg:FinetuneConfig, # the run's settings
+                      n:int, # labeled slices
+                      info:gdist.DistInfo, # this process's rank and the world size
+                     ) -> tuple:
+    "(drop_last, passes over the labeled slices per epoch, steps per epoch, epochs, val_every) of fine-tuning on `n` slices."
+    drop_last = n > cfg.batch
+    steps = len(epoch_batches(n, cfg.batch, cfg.seed, 0, drop_last, info.rank, info.world, cfg.max_steps))
+    passes = 1 if cfg.epoch_steps is None else -(-cfg.epoch_steps // steps)
+    epochs = cfg.epochs if cfg.steps is None else -(-cfg.steps // (steps * passes))
+    return drop_last, passes, steps * passes, epochs, cfg.val_every or max(1, epochs // 10)
+
 # %% ../nbs/06_train.ipynb #9cff24ad
 class Finetuning(Stage):
     "Supervised fine-tuning of the whole UNet on a fold's labeled patients; the epoch with the best validation Dice is kept as best.pt."
@@ -907,15 +924,10 @@ class Finetuning(Stage):
         if self.fast_cfg['channels_last']: self.model = self.model.to(memory_format=torch.channels_last)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1009 + info.rank)
         self.aug = AugParams.finetune(**cfg.aug)
-        self.drop_last = len(self.ds) > cfg.batch
-        steps = len(epoch_batches(len(self.ds), cfg.batch, cfg.seed, 0, self.drop_last, info.rank, info.world, cfg.max_steps))
-        self.passes = 1 if cfg.epoch_steps is None else -(-cfg.epoch_steps // steps)  # passes over the labeled slices per epoch
-        self.steps = steps = steps * self.passes
-        self.epochs = cfg.epochs if cfg.steps is None else -(-cfg.steps // steps)
-        self.val_every = cfg.val_every or max(1, self.epochs // 10)
+        self.drop_last, self.passes, self.steps, self.epochs, self.val_every = finetune_schedule(cfg, len(self.ds), info)
         self.params = list(self.model.parameters())
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.wd)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, self.epochs * steps))
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, self.epochs * self.steps))
         self.best, self.net = dict(epoch=None, dice=-1.0), None
 
     def resume(self, ck):
