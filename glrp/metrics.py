@@ -8,9 +8,8 @@ import re, json, math, warnings
 from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
-from .partition import portable_root
 from .clinical import voxel_ml, patient_indices, agreement_table, agreement_markdown, indices_rows, rows_csv
-from .data import (CLASSES, ACDC_LABELS, index_acdc, load_label, atomic_path, write_json, PATIENT_RE,
+from .data import (CLASSES, ACDC_LABELS, index_acdc, load_label, atomic_path, write_json, relative_path, PATIENT_RE,
                        LayoutError, MissingFileError, ShapeError, LabelError)
 
 # %% auto #0
@@ -411,7 +410,7 @@ def evaluate_folder(pred_dir, # predictions: patientXXX_frameYY.nii.gz, flat or 
     if out_dir is not None:
         out = Path(out_dir)
         with atomic_path(out/'metrics.csv') as tmp: tmp.write_text(records_csv(records))
-        rel = {k: portable_root(res[k], out) for k in ('pred_dir', 'gt_dir')}  # as a manifest records its root: no machine's folders
+        rel = {k: relative_path(res[k], out) for k in ('pred_dir', 'gt_dir')}  # as a manifest records its root: no machine's folders
         write_json(_jsonable(res | rel), out/'summary.json')
         with atomic_path(out/'summary.md') as tmp: tmp.write_text(summary_markdown(res))
         with atomic_path(out/'indices.csv') as tmp: tmp.write_text(rows_csv(indices_rows(pred_idx, gt_idx)))

@@ -8,15 +8,15 @@ import os, json, math, random
 from collections import Counter
 from pathlib import Path
 import numpy as np
-from .data import InputError, DataError, MissingFileError, ShapeError, Patient, Frame, Source, index_acdc, data_hash, provenance, atomic_path
+from .data import InputError, DataError, MissingFileError, ShapeError, Patient, Frame, Source, index_acdc, data_hash, provenance, atomic_path, relative_path, resolve_path
 
 # %% auto #0
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'PROTOCOLS', 'SLICE_RULES', 'PARTITION_EPS', 'SSL4MIS_ACDC', 'MANIFEST_KEYS', 'PARAM_KEYS',
            'PATIENT_KEYS', 'VOLUME_KEYS', 'FOLD_KEYS', 'ROLES', 'PartitionError', 'ManifestError', 'slice_positions',
            'partition_index', 'pcl_chunk', 'slice_partitions', 'kfold_test_sets', 'pcl_folds', 'glrp_folds',
            'draw_patients', 'pcl_labeled', 'volume_record', 'patient_volumes', 'ssl4mis_roles', 'make_manifest',
-           'manifest_json', 'portable_root', 'resolve_root', 'write_manifest', 'check_volume', 'check_fold',
-           'validate_manifest', 'read_manifest', 'fold_volumes', 'slice_table', 'manifest_root', 'manifest_summary']
+           'manifest_json', 'write_manifest', 'check_volume', 'check_fold', 'validate_manifest', 'read_manifest',
+           'fold_volumes', 'slice_table', 'manifest_root', 'manifest_summary']
 
 # %% ../nbs/02_partition.ipynb #15963eee
 FORMAT = 'glrp.partition'  # the `format` field of every manifest
@@ -303,29 +303,13 @@ def manifest_json(m:dict, # a manifest from `make_manifest`
         return '[\n' + ',\n'.join(pad + manifest_json(v, _ind + 1) for v in m) + f'\n{end}]'
     return dump(m)
 
-# %% ../nbs/02_partition.ipynb #972a9c49
-def portable_root(root, # the data folder (absolute, or relative to the current directory), or None
-                  folder, # the folder of the manifest file
-                 ) -> str|None:
-    "`root` as a manifest in `folder` records it: relative to `folder` with '/' separators, or absolute where no relative path exists."
-    if root is None: return None
-    try: return Path(os.path.relpath(os.path.abspath(root), os.path.abspath(folder))).as_posix()
-    except ValueError: return Path(os.path.abspath(root)).as_posix()  # another drive (Windows)
-
-# %% ../nbs/02_partition.ipynb #f399977b
-def resolve_root(root, # the `root` recorded in a manifest, or None
-                 folder, # the folder of the manifest file
-                ) -> str|None:
-    "The absolute data folder of a manifest in `folder`: `root` joined to `folder` (an absolute `root` stays as it is)."
-    return None if root is None else os.path.normpath(os.path.join(os.path.abspath(folder), root))
-
 # %% ../nbs/02_partition.ipynb #6f1929dd
 def write_manifest(m:dict, # a manifest from `make_manifest`
                    path, # the JSON file to write (its folder is created)
                   ) -> Path:
     "Write `m` to `path` atomically (`glrp.data.atomic_path`), `root` relative to the file's folder."
     path = Path(path)
-    text = manifest_json({**m, 'root': portable_root(m.get('root'), path.parent)}) + '\n'
+    text = manifest_json({**m, 'root': relative_path(m.get('root'), path.parent)}) + '\n'
     with atomic_path(path) as tmp: tmp.write_bytes(text.encode('utf-8'))  # bytes: the same '\n' on every platform
     return path
 
@@ -421,7 +405,7 @@ def read_manifest(path, # a manifest JSON file
         raise ManifestError(path, f"manifest format version {m.get('format_version')!r}; this glrp reads version {FORMAT_VERSION} "
                                   "(write it again with `glrp partition`)")
     validate_manifest(m, path)
-    return {**m, 'root': resolve_root(m['root'], path.parent)}
+    return {**m, 'root': None if m['root'] is None else str(resolve_path(m['root'], path.parent))}
 
 # %% ../nbs/02_partition.ipynb #c5520394
 def fold_volumes(m:dict, # a manifest

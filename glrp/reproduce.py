@@ -13,9 +13,9 @@ from pathlib import Path
 from queue import Queue
 import numpy as np
 import glrp
-from .data import InputError, DataError, index_acdc, data_hash, provenance, atomic_path, write_json
+from .data import InputError, DataError, index_acdc, data_hash, provenance, atomic_path, write_json, relative_path, resolve_path
 from .synthetic import write_phantom
-from .partition import make_manifest, write_manifest, read_manifest, manifest_root, portable_root, resolve_root, FORMAT_VERSION
+from .partition import make_manifest, write_manifest, read_manifest, manifest_root, FORMAT_VERSION
 from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, run_inputs, pretrain, pretrain_phases, finetune,
                         load_checkpoint, load_slices, pick_device, fast_settings, numerics, bf16_supported)
 from .inference import predict
@@ -32,12 +32,12 @@ __all__ = ['PCL_CODE', 'METHOD_PLANS', 'SEMI_METHODS', 'PATH_PARAMS', 'RECORD_PA
            'canonical_json', 'short_hash', 'file_lock', 'experiment_data', 'split_folders', 'experiment_manifest',
            'testing_manifest', 'MethodPlan', 'semi_method', 'method_plan', 'pretraining_protocol', 'pretraining_folder',
            'pretrained_encoder', 'finetuned_model', 'validation_crf', 'evaluation', 'markdown_rows', 'read_log',
-           'relative_path', 'resolve_path', 'notebook_parameters', 'result_record', 'write_result', 'Experiment',
-           'section_settings', 'load_profile', 'experiment_settings', 'experiments', 'NotebookError', 'Interrupted',
-           'check_parameters_cell', 'notebooks_folder', 'result_path', 'with_default_settings', 'is_done', 'to_run',
-           'papermill_json', 'run_notebook', 'descendants', 'stop_tree', 'result_rows', 'results_csv',
-           'main_table_markdown', 'ablation_markdown', 'paired_records', 'paired_markdown', 'with_voxel_volumes',
-           'run_indices', 'clinical_tables', 'clinical_markdown', 'results_markdown', 'curve_rows', 'curves_markdown',
+           'notebook_parameters', 'result_record', 'write_result', 'Experiment', 'section_settings', 'load_profile',
+           'experiment_settings', 'experiments', 'NotebookError', 'Interrupted', 'check_parameters_cell',
+           'notebooks_folder', 'result_path', 'with_default_settings', 'is_done', 'to_run', 'papermill_json',
+           'run_notebook', 'descendants', 'stop_tree', 'result_rows', 'results_csv', 'main_table_markdown',
+           'ablation_markdown', 'paired_records', 'paired_markdown', 'with_voxel_volumes', 'run_indices',
+           'clinical_tables', 'clinical_markdown', 'results_markdown', 'curve_rows', 'curves_markdown',
            'experiment_minutes', 'compute_markdown', 'planned_numerics', 'check_numerics', 'emulated_bf16',
            'check_repro_installed', 'stop_children_on_signal', 'check_planned_numerics', 'run_experiments',
            'write_report', 'reproduce']
@@ -290,19 +290,6 @@ def read_log(run) -> list:
 # %% ../nbs/09_reproduce.ipynb #6e23819c
 PATH_PARAMS = ('data', 'work', 'result', 'results')  # the experiment parameters that are paths
 RECORD_PATHS = ('manifest', 'pretrained')  # the result record's paths (besides the parameters and each evaluation's pred_dir, gt_dir)
-
-def relative_path(path, # absolute, or relative to the current directory; None stays None
-                  folder, # the folder of the file that records it (an experiment's folder)
-                 ) -> str|None:
-    "`path` as a result JSON in `folder` records it: relative to `folder`, '/'-separated (the rule of a manifest's `root`)."
-    return portable_root(path, folder)
-
-# %% ../nbs/09_reproduce.ipynb #40e5c3cc
-def resolve_path(path, # a path recorded in a result JSON or parameters file in `folder` (relative to it, or absolute); None stays None
-                 folder, # the folder holding that file
-                ) -> Path|None:
-    "The absolute path that a recorded path names."
-    return None if path is None else Path(resolve_root(str(path), folder))
 
 # %% ../nbs/09_reproduce.ipynb #0fb44215
 NOT_PARAMETERS = ('In', 'Out', 'exit', 'quit', 'get_ipython', 'result')  # IPython's names, and the result path

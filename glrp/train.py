@@ -12,7 +12,7 @@ import torch
 from torch import nn, Tensor
 from tqdm.auto import tqdm
 from .data import InputError, JSONRecord, DataError, ShapeError, Source, as_source, index_acdc
-from .data import atomic_path, write_json, provenance
+from .data import atomic_path, write_json, provenance, relative_path, resolve_path
 from .preprocess import PrepParams
 from .cache import load_case, preprocess_dataset
 from .partition import read_manifest, fold_volumes, slice_positions, slice_partitions, manifest_root
@@ -28,10 +28,10 @@ __all__ = ['STAGES', 'SLICE_RULES', 'PRECISIONS', 'SEMI', 'RESUME_FREE', 'SEMI_L
            'PretrainConfig', 'FinetuneConfig', 'field_help', 'volume_source', 'slice_meta', 'SliceDataset',
            'cine_subset', 'load_slices', 'epoch_batches', 'pick_device', 'bf16_supported', 'fast_settings', 'numerics',
            'autocast', 'to_input', 'rng_state', 'set_rng_state', 'save_checkpoint', 'read_weights', 'nonfinite_tensors',
-           'load_checkpoint', 'check_checkpoint', 'clean_stale_temporaries', 'write_log', 'relative_to', 'run_paths',
-           'recorded_path', 'run_inputs', 'run_record', 'ProjNet', 'method_kwargs', 'pretrain_phases', 'phase_of',
-           'set_phase', 'set_train_mode', 'pretrain_loss', 'warmup_cosine', 'check_step', 'Stage', 'fit', 'Pretraining',
-           'pretrain', 'predict_probs', 'spacing_range', 'finetune_schedule', 'Finetuning', 'finetune', 'teacher_rate',
+           'load_checkpoint', 'check_checkpoint', 'clean_stale_temporaries', 'write_log', 'run_paths', 'recorded_path',
+           'run_inputs', 'run_record', 'ProjNet', 'method_kwargs', 'pretrain_phases', 'phase_of', 'set_phase',
+           'set_train_mode', 'pretrain_loss', 'warmup_cosine', 'check_step', 'Stage', 'fit', 'Pretraining', 'pretrain',
+           'predict_probs', 'spacing_range', 'finetune_schedule', 'Finetuning', 'finetune', 'teacher_rate',
            'ema_update', 'SemiSupervised', 'mean_teacher_loss', 'bcp_loss']
 
 # %% ../nbs/06_train.ipynb #fec7c4d1
@@ -508,18 +508,12 @@ def write_log(rows:list, out) -> None:
     write_json(rows, out/'log.json')
 
 # %% ../nbs/06_train.ipynb #67f020b0
-def relative_to(path, # a file or folder (None passes through)
-                base, # the folder it is recorded from
-               ) -> str|None:
-    "`path` relative to folder `base` (absolute only where no relative path exists, e.g. another drive)."
-    if path is None: return None
-    try: return os.path.relpath(Path(path).resolve(), Path(base).resolve())
-    except ValueError: return str(Path(path).resolve())
+#| export
 
 # %% ../nbs/06_train.ipynb #b7d2ff84
 def run_paths(cfg, out) -> dict:
     "The run's inputs (manifest, data, cache, pretrained) relative to its run folder: valid from any directory, and when both move together."
-    return {k: relative_to(getattr(cfg, k, None), out) for k in ('manifest', 'data', 'cache', 'pretrained')}
+    return {k: relative_path(getattr(cfg, k, None), out) for k in ('manifest', 'data', 'cache', 'pretrained')}
 
 # %% ../nbs/06_train.ipynb #d2136dbc
 def recorded_path(ck:dict, # a checkpoint (or run.json) with `paths`
@@ -528,7 +522,7 @@ def recorded_path(ck:dict, # a checkpoint (or run.json) with `paths`
                  ) -> Path|None:
     "A path recorded by `run_paths`, resolved against the checkpoint's folder; None when not recorded."
     rel = (ck.get('paths') or {}).get(key)
-    return None if rel is None else (Path(ck_path).resolve().parent/rel).resolve()
+    return resolve_path(rel, Path(ck_path).parent)
 
 # %% ../nbs/06_train.ipynb #5e4ecd65
 def run_inputs(ck:dict, # a checkpoint with `config` and `paths`

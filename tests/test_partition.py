@@ -7,7 +7,7 @@ import pytest
 from glrp.data import Frame, Patient, LayoutError, DataError, MissingFileError, index_acdc
 from glrp.partition import (PartitionError, ManifestError, FORMAT_VERSION, make_manifest, write_manifest, read_manifest, manifest_json,
                             manifest_summary, slice_positions, partition_index, slice_partitions, pcl_chunk, pcl_folds, glrp_folds,
-                            pcl_labeled, fold_volumes, slice_table, validate_manifest, manifest_root, portable_root, resolve_root)
+                            pcl_labeled, fold_volumes, slice_table, validate_manifest, manifest_root)
 from conftest import write_dataset
 
 GROUPS = ('DCM', 'HCM', 'MINF', 'NOR', 'RV')
@@ -427,11 +427,11 @@ def test_moved_data(phantom, tmp_path):
     with pytest.raises(DataError, match='records no dataset folder: pass --data'): manifest_root(mk())
 
 
-def test_portable_root():
-    assert portable_root('data/acdc', 'runs/m1') == '../../data/acdc'
-    assert portable_root(os.path.abspath('data'), 'data/../runs') == '../data'
-    assert resolve_root('../../data/acdc', '/srv/runs/m1') == '/srv/data/acdc'
-    assert resolve_root('/srv/acdc', 'runs') == '/srv/acdc'
-    assert portable_root(None, 'x') is None and resolve_root(None, 'x') is None
-    for r in ('a', '../b/c', '/srv/d'):
-        assert resolve_root(portable_root(r, 'runs/x'), 'runs/x') == os.path.abspath(r)
+def test_relative_and_resolve_path():
+    "The pair a manifest records its root with (glrp.data): relative to the manifest's folder, back to the same absolute path."
+    from glrp.data import relative_path, resolve_path
+    assert relative_path('data/acdc', 'runs/m1') == '../../data/acdc' and relative_path(os.path.abspath('data'), 'data/../runs') == '../data'
+    assert resolve_path('../../data/acdc', '/srv/runs/m1') == Path('/srv/data/acdc') and resolve_path('/srv/acdc', 'runs') == Path('/srv/acdc')
+    assert relative_path(None, 'x') is None and resolve_path(None, 'x') is None
+    for r in ('data/acdc', '../x', '/srv/a/b'):
+        assert resolve_path(relative_path(r, 'runs/x'), 'runs/x') == Path(os.path.abspath(r))
