@@ -230,7 +230,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'glrp.metrics.evaluate_folder': ('metrics.html#evaluate_folder', 'glrp/metrics.py'),
                               'glrp.metrics.find_predictions': ('metrics.html#find_predictions', 'glrp/metrics.py'),
                               'glrp.metrics.fov_diagonal': ('metrics.html#fov_diagonal', 'glrp/metrics.py'),
-                              'glrp.metrics.grid_mismatch': ('metrics.html#grid_mismatch', 'glrp/metrics.py'),
                               'glrp.metrics.indices_markdown': ('metrics.html#indices_markdown', 'glrp/metrics.py'),
                               'glrp.metrics.pcl_summary': ('metrics.html#pcl_summary', 'glrp/metrics.py'),
                               'glrp.metrics.pooled_dice': ('metrics.html#pooled_dice', 'glrp/metrics.py'),

@@ -444,7 +444,7 @@ def as_source(x, # a `Source`, a `Frame`, an image path, or a (cine path, t) pai
     raise TypeError(f"cannot make a Source from {x!r}")
 
 # %% ../nbs/00_data.ipynb #922bc4af
-GRID_TOL = 1e-3  # as `glrp.metrics.grid_mismatch`: relative for spacing, absolute for axis directions (unit vectors) and origin (mm)
+GRID_TOL = 1e-3  # the one grid tolerance (checks, evaluation): relative for spacing, absolute for axis directions (unit vectors) and origin (mm)
 
 def grid_difference(shape_a:tuple, spacing_a:tuple, # grid a
                     shape_b:tuple, spacing_b:tuple, # grid b

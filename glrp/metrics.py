@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 from .clinical import voxel_ml, patient_indices, agreement_table, agreement_markdown, indices_rows, rows_csv
-from .data import (CLASSES, ACDC_LABELS, index_acdc, load_label, atomic_path, write_json, relative_path, PATIENT_RE,
+from .data import (CLASSES, ACDC_LABELS, index_acdc, load_label, atomic_path, write_json, relative_path, grid_difference, PATIENT_RE,
                        LayoutError, MissingFileError, ShapeError, LabelError)
 
 # %% auto #0
 __all__ = ['METRICS', 'EMPTY_CASES', 'CONVENTIONS', 'PRED_RE', 'CSV_COLUMNS', 'check_labels', 'class_counts', 'dice_from_counts',
            'pooled_dice_from_counts', 'pooled_dice', 'bounding_box', 'surface', 'surface_distances', 'fov_diagonal',
            'empty_penalty', 'binary_metrics', 'volume_metrics', 'empty_counts', 'acdc_summary', 'pcl_summary',
-           'summarize', 'grid_mismatch', 'find_predictions', 'records_csv', 'clinical_summary', 'indices_markdown',
-           'summary_markdown', 'evaluate_folder']
+           'summarize', 'find_predictions', 'records_csv', 'clinical_summary', 'indices_markdown', 'summary_markdown',
+           'evaluate_folder']
 
 # %% ../nbs/08_metrics.ipynb #cd25c3e4
 METRICS = ('dice', 'hd95', 'assd', 'assd_pooled', 'hd')  # per-structure metrics, in the order of the tables
@@ -272,20 +272,6 @@ CONVENTIONS = dict(
     pcl="Dice per class from TP and |P|+|G| summed over all slices; 'mean' is the mean over classes (a class absent from "
         "prediction and ground truth everywhere is NaN and left out)")
 
-# %% ../nbs/08_metrics.ipynb #edc96e86
-def grid_mismatch(shape_a, spacing_a, affine_a, # the prediction's grid
-                  shape_b, spacing_b, affine_b, # the ground truth's grid
-                  tol:float=1e-3, # tolerance for spacing (relative), directions and origin (mm)
-                 ) -> str|None:
-    "What differs between two voxel grids (shape, spacing, axis directions, origin), or None when they agree."
-    if tuple(shape_a) != tuple(shape_b): return f"shape {tuple(shape_a)} != ground truth shape {tuple(shape_b)}"
-    if not np.allclose(spacing_a, spacing_b, rtol=tol, atol=0): return f"voxel spacing {tuple(np.round(spacing_a, 4))} != ground truth {tuple(np.round(spacing_b, 4))}"
-    dir_a = affine_a[:3, :3]/np.linalg.norm(affine_a[:3, :3], axis=0)
-    dir_b = affine_b[:3, :3]/np.linalg.norm(affine_b[:3, :3], axis=0)
-    if not np.allclose(dir_a, dir_b, atol=tol): return f"axis directions differ from the ground truth (affine {np.round(affine_a[:3,:3], 3).tolist()} vs {np.round(affine_b[:3,:3], 3).tolist()})"
-    if not np.allclose(affine_a[:3, 3], affine_b[:3, 3], atol=tol): return f"origin {np.round(affine_a[:3, 3], 3).tolist()} != ground truth {np.round(affine_b[:3, 3], 3).tolist()}"
-    return None
-
 # %% ../nbs/08_metrics.ipynb #7e11584b
 PRED_RE = re.compile(r'^(patient\d{3}_frame\d{2})\.nii(\.gz)?$')
 
@@ -399,7 +385,7 @@ def evaluate_folder(pred_dir, # predictions: patientXXX_frameYY.nii.gz, flat or 
         if f.name in preds:
             path = preds[f.name]
             pred, p_spacing, p_img = load_label(path, pred_label_map or label_map)
-            why = grid_mismatch(pred.shape, p_spacing, p_img.affine, gt.shape, spacing, gt_img.affine)
+            why = grid_difference(pred.shape, p_spacing, gt.shape, spacing, p_img.affine, gt_img.affine)
             if why: raise ShapeError(path, f"not on the grid of {f.label.name}: {why}")
         else: pred = np.zeros_like(gt)
         records += volume_metrics(pred, gt, spacing, empty_distance=empty_distance, name=f.name, patient=p.id,

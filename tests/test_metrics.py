@@ -9,7 +9,7 @@ from scipy.spatial import cKDTree
 from glrp.data import ShapeError, LabelError, MissingFileError, LayoutError, index_acdc
 from glrp.metrics import (class_counts, dice_from_counts, pooled_dice, pooled_dice_from_counts, surface, surface_distances, binary_metrics, volume_metrics,
                           acdc_summary, pcl_summary, summarize, evaluate_folder, find_predictions, empty_counts,
-                          grid_mismatch, fov_diagonal, empty_penalty, records_csv, summary_markdown, CSV_COLUMNS, METRICS)
+                          fov_diagonal, empty_penalty, records_csv, summary_markdown, CSV_COLUMNS, METRICS)
 
 def cube(lo, hi, shape=(8, 8, 10)):
     m = np.zeros(shape, bool); m[tuple(slice(l, h) for l, h in zip(lo, hi))] = True; return m
@@ -290,10 +290,11 @@ def test_pooled_dice_against_transcription():
                    sum(int(np.sum(g == c)) for g in gts)] for c in (1, 2, 3)]
         assert same([pooled_dice_from_counts(counts)[0]] + pooled_dice_from_counts(counts)[1], [rm] + rper)
 
-def test_grid_mismatch_accepts_itk_style_affine():
+def test_grid_difference_accepts_itk_style_affine():
+    from glrp.data import grid_difference
     acdc = np.diag([-1., -1, 1, 1]); itk = np.diag([-1.5, -1.5, 10, 1])
-    assert grid_mismatch((4, 4, 2), (1.5, 1.5, 10), itk, (4, 4, 2), (1.5, 1.5, 10), acdc) is None
-    assert 'directions' in grid_mismatch((4, 4, 2), (1.5, 1.5, 10), np.eye(4), (4, 4, 2), (1.5, 1.5, 10), acdc)
+    assert grid_difference((4, 4, 2), (1.5, 1.5, 10), (4, 4, 2), (1.5, 1.5, 10), itk, acdc) is None
+    assert 'directions' in grid_difference((4, 4, 2), (1.5, 1.5, 10), (4, 4, 2), (1.5, 1.5, 10), np.eye(4), acdc)
 
 # ---------------------------------------------------------------- a tiny ACDC-layout dataset
 SHAPE, SPACING, AFFINE = (24, 20, 4), (1.5, 1.5, 10.), np.diag([-1., -1, 1, 1])
