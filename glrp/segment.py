@@ -12,7 +12,7 @@ import nibabel as nib
 import torch
 from scipy import ndimage as ndi
 from tqdm.auto import tqdm
-from .data import (CLASSES, ACDC_LABELS, MNMS_LABELS, PATIENT_RE, InputError, DataError, LayoutError, MissingFileError,
+from .data import (CLASSES, ACDC_LABELS, MNMS_LABELS, LABEL_MAPS, PATIENT_RE, InputError, DataError, LayoutError, MissingFileError,
                        ShapeError, save_nifti_like, atomic_path, load_nifti, nifti_header, patient_dirs)
 from .preprocess import PrepParams, prep_geometry, preprocess, restore, argmax0
 from .train import pick_device, fast_settings, autocast, to_input
@@ -22,11 +22,11 @@ from .data import read_info, InfoError, write_json
 from .metrics import _jsonable
 
 # %% auto #0
-__all__ = ['NIFTI_SUFFIXES', 'FOVS', 'OUTPUT_LABELS', 'FRAME_RE', 'is_nifti', 'nifti_split', 'is_acdc', 'acdc_frames',
-           'folder_scans', 'find_inputs', 'volume_grid', 'tile_starts', 'tile_weight', 'softmax_tiles', 'window_probs',
-           'heart_centre', 'centred_tile', 'network_probs', 'segment_array', 'label_order', 'read_scan',
-           'SpacingWarning', 'spacing_note', 'frame_volumes', 'save_frame_like', 'segment_file', 'crf_choice',
-           'SegmentResult', 'segment', 'acdc_phase', 'scan_reports', 'report_markdown', 'write_report', 'predict_mode']
+__all__ = ['NIFTI_SUFFIXES', 'FOVS', 'FRAME_RE', 'is_nifti', 'nifti_split', 'is_acdc', 'acdc_frames', 'folder_scans',
+           'find_inputs', 'volume_grid', 'tile_starts', 'tile_weight', 'softmax_tiles', 'window_probs', 'heart_centre',
+           'centred_tile', 'network_probs', 'segment_array', 'label_order', 'read_scan', 'SpacingWarning',
+           'spacing_note', 'frame_volumes', 'save_frame_like', 'segment_file', 'crf_choice', 'SegmentResult', 'segment',
+           'acdc_phase', 'scan_reports', 'report_markdown', 'write_report', 'predict_mode']
 
 # %% ../nbs/11_segment.ipynb #5e6a0c15
 NIFTI_SUFFIXES = ('.nii.gz', '.nii')
@@ -243,8 +243,6 @@ def segment_array(image:np.ndarray, # native (X, Y, Z) intensities
     return restore(p, meta, probs=True)
 
 # %% ../nbs/11_segment.ipynb #5e6a0c41
-OUTPUT_LABELS = {'acdc': ACDC_LABELS, 'mnms': MNMS_LABELS}  # --labels: output value -> structure
-
 def label_order(model_labels:dict, # structure -> network channel (model.json's `labels`)
                 label_map:dict, # output value -> structure (`ACDC_LABELS`, `MNMS_LABELS`)
                ) -> list:
@@ -403,8 +401,8 @@ def segment(model, # a model folder (`export_model`, `glrp finetune`'s OUT/model
     if fov not in FOVS: raise InputError(f"fov must be one of {FOVS}, not {fov!r}")
     tile_starts(1, 1, overlap)  # a bad overlap fails before any work
     if isinstance(labels, str):
-        if labels not in OUTPUT_LABELS: raise InputError(f"labels must be one of {sorted(OUTPUT_LABELS)} or a dict, not {labels!r}")
-        labels = OUTPUT_LABELS[labels]
+        if labels not in LABEL_MAPS: raise InputError(f"labels must be one of {sorted(LABEL_MAPS)} or a dict, not {labels!r}")
+        labels = LABEL_MAPS[labels]
     net, info = read_model(model) if isinstance(model, (str, os.PathLike)) else model
     label_order(info['labels'], labels)
     crf_p = crf_choice(info, crf, crf_params, Path(model)/'model.json' if isinstance(model, (str, os.PathLike)) else 'model.json')
