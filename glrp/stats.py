@@ -12,10 +12,10 @@ from .data import CLASSES, InputError
 from .metrics import pooled_dice_from_counts
 
 # %% auto #0
-__all__ = ['PAIRS', 'UNIFORM_KEYS', 'REQUIRED', 'METHOD_ORDER', 'volume_records', 'synthetic_records', 'check_uniform',
-           'patient_dice', 'paired_differences', 'stratified_indices', 'bootstrap_means', 'bootstrap_ci', 'wilcoxon_p',
-           'holm', 'compare', 'fold_pooled_dice', 'method_key', 'method_rows', 'summary_table', 'mean_sd',
-           'stats_markdown', 'plot_dice_vs_M', 'plot_paired']
+__all__ = ['PAIRS', 'UNIFORM_KEYS', 'REQUIRED', 'METHOD_ORDER', 'volume_records', 'check_uniform', 'patient_dice',
+           'paired_differences', 'stratified_indices', 'bootstrap_means', 'bootstrap_ci', 'wilcoxon_p', 'holm',
+           'compare', 'fold_pooled_dice', 'method_key', 'method_rows', 'summary_table', 'mean_sd', 'stats_markdown',
+           'plot_dice_vs_M', 'plot_paired']
 
 # %% ../nbs/12_stats.ipynb #599c0139
 PAIRS = (('glrp', 'pcl'), ('glrp', 'random'), ('pcl', 'random'), ('glrp', 'glrp-global'))  # (a, b): differences a − b
@@ -44,39 +44,6 @@ def volume_records(structure_records, # per-structure records (`glrp.metrics.vol
     for (p, ph), v in vols.items():
         if lacking := [c for c in classes if f'dice_{c}' not in v]: raise InputError(f"{p} {ph}: no record for {lacking}")
     return list(vols.values())
-
-# %% ../nbs/12_stats.ipynb #32f903ec
-def synthetic_records(methods=('random', 'pcl', 'glrp-global', 'glrp'), # method names
-                      Ms=(2, 6, 10), # labeled patients
-                      n_folds:int=5, # folds
-                      per_fold:int=4, # test patients per fold
-                      seeds=(0, 1), # fine-tuning seeds
-                      effects:dict|None=None, # method -> Dice added to the baseline (default: random 0, pcl .03, glrp-global .045, glrp .05)
-                      patient_sd:float=0.08, # spread of the patients' difficulty, shared by all methods
-                      interaction_sd:float=0.02, # spread of a method's own effect from patient to patient
-                      noise_sd:float=0.03, # noise per seed, phase and class
-                      seed:int=0, # of the random generator
-                      **meta, # keys added to every record (e.g. precision='fp32')
-                     ) -> list:
-    "Per-volume records of a made-up study: baseline Dice 0.85 − 0.3 exp(−M/4), plus patient difficulty, method effect, interaction and noise."
-    eff = dict(random=0., pcl=.03, **{'glrp-global': .045}, glrp=.05) if effects is None else effects
-    rng, recs = np.random.default_rng(seed), []
-    for M in Ms:
-        for f in range(n_folds):
-            for i in range(per_fold):
-                pat, u = f'patient{f*per_fold + i + 1:03d}', rng.normal(0, patient_sd)
-                for m in methods:
-                    v = rng.normal(0, interaction_sd)
-                    for s in seeds:
-                        for ph in ('ED', 'ES'):
-                            r = dict(method=m, M=M, fold=f, seed=s, patient=pat, phase=ph, **meta)
-                            for c in CLASSES:
-                                d = np.clip(0.85 - 0.3*math.exp(-M/4) + eff.get(m, 0.) + u + v + rng.normal(0, noise_sd), 0.02, 0.99)
-                                n_gt = int(rng.integers(2000, 20000)); n_pred = int(n_gt*rng.uniform(0.85, 1.15))
-                                tp = min(int(round(d*(n_pred + n_gt)/2)), n_pred, n_gt)
-                                r.update({f'dice_{c}': 2*tp/(n_pred + n_gt), f'tp_{c}': tp, f'n_pred_{c}': n_pred, f'n_gt_{c}': n_gt})
-                            recs.append(r)
-    return recs
 
 # %% ../nbs/12_stats.ipynb #2370e15f
 def check_uniform(records:list, # per-volume records

@@ -4,21 +4,21 @@
 
 # %% ../nbs/13_testing.ipynb #1af6d18a
 from __future__ import annotations
-import os, gzip, socket, tempfile, time
+import os, gzip, math, socket, tempfile, time
 from pathlib import Path
 import numpy as np
 import nibabel as nib
 import torch
 from torch import nn
 import torch.multiprocessing as mp
-from .data import ShapeError, atomic_path
+from .data import CLASSES, ShapeError, atomic_path
 from .losses import contrastive_loss, local_loss, positive_weights, pool_regions
 from .distributed import RankMismatchError, init_distributed, cleanup_distributed, is_main, barrier
 from .distributed import gather_batch, gather_with_grad, reduce_mean
 
 # %% auto #0
-__all__ = ['toy_volume', 'write_nifti', 'patch_header', 'write_toy_dataset', 'raised', 'simulate_prediction', 'free_port',
-           'loopback_iface', 'check_ddp_equivalence']
+__all__ = ['toy_volume', 'write_nifti', 'patch_header', 'write_toy_dataset', 'raised', 'simulate_prediction', 'synthetic_records',
+           'free_port', 'loopback_iface', 'check_ddp_equivalence']
 
 # %% ../nbs/13_testing.ipynb #d96724ba
 def toy_volume(shape=(100, 88, 4), spacing=(1.6, 1.6, 8.0), seed=0):
@@ -110,6 +110,39 @@ def simulate_prediction(label, # (H, W) or (Z, H, W) integer labels 0..n_classes
     logits += 2 * noise * ndi.gaussian_filter(rng.normal(0, 1, onehot.shape), (0,) + lead + (1, 1))
     e = np.exp(logits - logits.max(0, keepdims=True))
     return (e / e.sum(0, keepdims=True)).astype(np.float32)
+
+# %% ../nbs/13_testing.ipynb #3edd93f7
+def synthetic_records(methods=('random', 'pcl', 'glrp-global', 'glrp'), # method names
+                      Ms=(2, 6, 10), # labeled patients
+                      n_folds:int=5, # folds
+                      per_fold:int=4, # test patients per fold
+                      seeds=(0, 1), # fine-tuning seeds
+                      effects:dict|None=None, # method -> Dice added to the baseline (default: random 0, pcl .03, glrp-global .045, glrp .05)
+                      patient_sd:float=0.08, # spread of the patients' difficulty, shared by all methods
+                      interaction_sd:float=0.02, # spread of a method's own effect from patient to patient
+                      noise_sd:float=0.03, # noise per seed, phase and class
+                      seed:int=0, # of the random generator
+                      **meta, # keys added to every record (e.g. precision='fp32')
+                     ) -> list:
+    "Per-volume records of a made-up study: baseline Dice 0.85 − 0.3 exp(−M/4), plus patient difficulty, method effect, interaction and noise."
+    eff = dict(random=0., pcl=.03, **{'glrp-global': .045}, glrp=.05) if effects is None else effects
+    rng, recs = np.random.default_rng(seed), []
+    for M in Ms:
+        for f in range(n_folds):
+            for i in range(per_fold):
+                pat, u = f'patient{f*per_fold + i + 1:03d}', rng.normal(0, patient_sd)
+                for m in methods:
+                    v = rng.normal(0, interaction_sd)
+                    for s in seeds:
+                        for ph in ('ED', 'ES'):
+                            r = dict(method=m, M=M, fold=f, seed=s, patient=pat, phase=ph, **meta)
+                            for c in CLASSES:
+                                d = np.clip(0.85 - 0.3*math.exp(-M/4) + eff.get(m, 0.) + u + v + rng.normal(0, noise_sd), 0.02, 0.99)
+                                n_gt = int(rng.integers(2000, 20000)); n_pred = int(n_gt*rng.uniform(0.85, 1.15))
+                                tp = min(int(round(d*(n_pred + n_gt)/2)), n_pred, n_gt)
+                                r.update({f'dice_{c}': 2*tp/(n_pred + n_gt), f'tp_{c}': tp, f'n_pred_{c}': n_pred, f'n_gt_{c}': n_gt})
+                            recs.append(r)
+    return recs
 
 # %% ../nbs/13_testing.ipynb #7d44c8a5
 def free_port() -> int:
