@@ -128,7 +128,7 @@ def _check_pretrain(self):
 # %% ../nbs/06_train.ipynb #7caf4d01
 @dataclass
 class PretrainConfig(_Config):
-    "Every hyperparameter of contrastive pretraining (defaults: PCL's protocol where the anchors give one)."
+    "Every hyperparameter of contrastive pretraining (defaults: PCL's protocol where it gives one)."
     manifest: str = 'manifest.json'  # partition manifest (glrp partition)
     out: str = 'runs/pretrain'  # run folder: checkpoints, logs, run.json
     fold: int = 0  # fold whose unlabeled pool is used
