@@ -31,7 +31,7 @@ def parts(out:Path) -> dict:
     r = json.loads(res.read_text())
     p = {'experiment (result.json)': r['seconds']}
     for log in out.glob('work/pretrain/*/log.json'):
-        for row in read_log(log): p[f"pretraining, {row.get('phase', 'global')} epochs"] = p.get(f"pretraining, {row.get('phase', 'global')} epochs", 0.) + row['seconds']
+        for row in read_log(log): p[f"pretraining, {row.get('stage', row.get('phase', 'global'))} epochs"] = p.get(f"pretraining, {row.get('stage', row.get('phase', 'global'))} epochs", 0.) + row['seconds']
     ft = res.parent/'finetune'/'log.json'
     if ft.is_file(): p['fine-tuning epochs'] = sum(row['seconds'] for row in read_log(ft))
     p['the rest (cache, validation, checkpoints, CRF, evaluation)'] = r['seconds'] - sum(v for k, v in p.items() if k.endswith('epochs'))

@@ -16,7 +16,7 @@ import glrp
 from .data import InputError, DataError, index_acdc, data_hash, provenance, atomic_path, write_json, relative_path, resolve_path
 from .synthetic import write_phantom
 from .partition import make_manifest, write_manifest, read_manifest, manifest_root, FORMAT_VERSION
-from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, run_inputs, pretrain, pretrain_phases, finetune,
+from .train import (PretrainConfig, FinetuneConfig, RESUME_FREE, run_inputs, pretrain, pretrain_stages, finetune,
                         load_checkpoint, load_slices, pick_device, fast_settings, numerics, bf16_supported)
 from .inference import predict
 from .crf import CRFParams, tune_crf
@@ -201,16 +201,16 @@ def pretrained_encoder(cfg:PretrainConfig|None, # the pretraining; None: random 
     if pretraining_until not in ('stage1', 'all'): raise ValueError(f"pretraining_until must be 'stage1' or 'all', not {pretraining_until!r}")
     out = pretraining_folder(cfg, work)
     cfg = replace(cfg, out=str(out))
-    phases = pretrain_phases(cfg)
-    first, total = phases[0][1], sum(n for _, n in phases)
+    stages = pretrain_stages(cfg)
+    first, total = stages[0][1], sum(n for _, n in stages)
     with file_lock(out.parent/(out.name + '.lock')):
         done = _epochs_done(out/'last.pt')
-        if len(phases) > 1 and not (out/'stage1.pt').is_file():
+        if len(stages) > 1 and not (out/'stage1.pt').is_file():
             if done > first: shutil.rmtree(out); done = 0  # stage 1's end was not kept: train again
             if done < first: pretrain(cfg, resume=True, stop_after=first - done)
             with atomic_path(out/'stage1.pt') as tmp_: shutil.copyfile(out/'last.pt', tmp_)
             done = first
-        if pretraining_until == 'stage1' and len(phases) > 1: return out/'stage1.pt'
+        if pretraining_until == 'stage1' and len(stages) > 1: return out/'stage1.pt'
         if done < total: pretrain(cfg, resume=True)
     return out/'last.pt'
 

@@ -29,9 +29,9 @@ __all__ = ['STAGES', 'SLICE_RULES', 'PRECISIONS', 'SEMI', 'RESUME_FREE', 'SEMI_L
            'cine_subset', 'load_slices', 'epoch_batches', 'pick_device', 'bf16_supported', 'fast_settings', 'numerics',
            'autocast', 'to_input', 'rng_state', 'set_rng_state', 'save_checkpoint', 'read_weights', 'nonfinite_tensors',
            'load_checkpoint', 'check_checkpoint', 'clean_stale_temporaries', 'write_log', 'run_paths', 'recorded_path',
-           'run_inputs', 'run_record', 'ProjNet', 'method_kwargs', 'pretrain_phases', 'phase_of', 'set_phase',
-           'set_train_mode', 'pretrain_loss', 'warmup_cosine', 'check_step', 'Stage', 'fit', 'Pretraining', 'pretrain',
-           'predict_probs', 'spacing_range', 'finetune_schedule', 'Finetuning', 'finetune', 'teacher_rate',
+           'run_inputs', 'run_record', 'ProjNet', 'method_kwargs', 'pretrain_stages', 'stage_of', 'set_stage',
+           'set_train_mode', 'pretrain_loss', 'warmup_cosine', 'check_step', 'Training', 'fit', 'Pretraining',
+           'pretrain', 'predict_probs', 'spacing_range', 'finetune_schedule', 'Finetuning', 'finetune', 'teacher_rate',
            'ema_update', 'SemiSupervised', 'mean_teacher_loss', 'bcp_loss']
 
 # %% ../nbs/06_train.ipynb #fec7c4d1
@@ -142,7 +142,7 @@ class PretrainConfig(_Config):
     local_epochs: int|None = None  # epochs of the local stage of global+local; None: epochs
     batch: int = 32  # slices per step, over all processes (each gives two views)
     lr: float = 0.1  # SGD learning rate (cosine schedule to 0)
-    warmup_epochs: int = 10  # linear warm-up of the learning rate over this many epochs of each phase (at most half the phase), then cosine to 0
+    warmup_epochs: int = 10  # linear warm-up of the learning rate over this many epochs of each stage (at most half the stage), then cosine to 0
     local_lr: float|None = None  # learning rate of the local stage; None: lr
     momentum: float = 0.9  # SGD momentum
     wd: float = 1e-5  # SGD weight decay
@@ -560,39 +560,39 @@ def method_kwargs(cfg:PretrainConfig) -> dict:
                 glrp=dict(tau=cfg.tau, kernel=cfg.kernel, same_volume=cfg.same_volume))[cfg.method]
 
 # %% ../nbs/06_train.ipynb #cc119f5e
-def pretrain_phases(cfg:PretrainConfig) -> list:
-    "[(phase, epochs)]: 'global', 'local' or 'joint' phases run one after the other."
+def pretrain_stages(cfg:PretrainConfig) -> list:
+    "[(stage, epochs)]: 'global', 'local' or 'joint' stages run one after the other."
     if cfg.stage == 'global+local': return [('global', cfg.epochs), ('local', cfg.local_epochs if cfg.local_epochs is not None else cfg.epochs)]
     return [(cfg.stage, cfg.epochs)]
 
 # %% ../nbs/06_train.ipynb #3cdb78cc
-def phase_of(phases:list, epoch:int) -> tuple:
-    "(phase name, index of the phase's first epoch) of a 0-based epoch."
+def stage_of(stages:list, epoch:int) -> tuple:
+    "(stage name, index of the stage's first epoch) of a 0-based epoch."
     start = 0
-    for name, n in phases:
+    for name, n in stages:
         if epoch < start + n: return name, start
         start += n
-    raise ValueError(f"epoch {epoch} is past the {start} epochs of {phases}")
+    raise ValueError(f"epoch {epoch} is past the {start} epochs of {stages}")
 
 # %% ../nbs/06_train.ipynb #219edfe7
-def set_phase(model:UNet, phase:str) -> list:
-    "Freeze what `phase` does not train; the parameters it trains. Local: decoder + local head, encoder frozen (and in eval mode)."
+def set_stage(model:UNet, stage:str) -> list:
+    "Freeze what `stage` does not train; the parameters it trains. Local: decoder + local head, encoder frozen (and in eval mode)."
     train = dict(glob=('encoder', 'global_head'), local=('decoder', 'local_head'), joint=('encoder', 'decoder', 'global_head', 'local_head'))
-    parts = train['glob' if phase == 'global' else phase]
+    parts = train['glob' if stage == 'global' else stage]
     for name, mod in model.named_children():
         for p in mod.parameters(): p.requires_grad_(name in parts)
     return [p for p in model.parameters() if p.requires_grad]
 
 # %% ../nbs/06_train.ipynb #f9444d85
-def set_train_mode(model:UNet, phase:str):
-    "model.train(), with the frozen encoder's batch-norm statistics kept in the local phase."
+def set_train_mode(model:UNet, stage:str):
+    "model.train(), with the frozen encoder's batch-norm statistics kept in the local stage."
     model.train()
-    if phase == 'local': model.encoder.eval()
+    if stage == 'local': model.encoder.eval()
 
 # %% ../nbs/06_train.ipynb #903d77c9
 def pretrain_loss(net:nn.Module, # `ProjNet` (or its DDP wrapper)
                   b:dict, # a batch from `SliceDataset.batch`
-                  phase:str, # 'global', 'local' or 'joint'
+                  stage:str, # 'global', 'local' or 'joint'
                   cfg:PretrainConfig, aug:AugParams, gen:torch.Generator, device, fast_cfg:dict,
                   info:gdist.DistInfo|None=None, # from `init_distributed` (None: one process)
                  ) -> Tensor:
@@ -600,8 +600,8 @@ def pretrain_loss(net:nn.Module, # `ProjNet` (or its DDP wrapper)
     x = b['image']
     n = len(x)
     xg = xl = None
-    if phase in ('global', 'joint'): xg = torch.cat(two_views(x, aug, gen))
-    if phase in ('local', 'joint'): xl = torch.cat(two_views(x, aug, gen, shared_geometry=True))
+    if stage in ('global', 'joint'): xg = torch.cat(two_views(x, aug, gen))
+    if stage in ('local', 'joint'): xl = torch.cat(two_views(x, aug, gen, shared_geometry=True))
     with autocast(device, fast_cfg):
         zg, zl = net(None if xg is None else to_input(xg, device, fast_cfg), None if xl is None else to_input(xl, device, fast_cfg))
     meta = torch.stack([b['pos'], b['part'].double(), b['vol'].double()], 1).to(device)  # float64: |dp| exact at the threshold
@@ -618,11 +618,11 @@ def pretrain_loss(net:nn.Module, # `ProjNet` (or its DDP wrapper)
         r = gdist.gather_with_grad(r.contiguous())
         lw = W if cfg.local_positions else None
         ll = local_loss(r, lw, n_regions=k, size=1, T=cfg.T, anchors=anchors)
-        loss = loss + (cfg.lam if phase == 'joint' else 1.) * ll
+        loss = loss + (cfg.lam if stage == 'joint' else 1.) * ll
     return loss
 
 # %% ../nbs/06_train.ipynb #9e97f6e0
-def warmup_cosine(total:int, # steps of the phase
+def warmup_cosine(total:int, # steps of the stage
                   warmup:int=0, # warm-up steps (capped at total // 2)
                  ):
     "The `LambdaLR` factor of step s: linear warm-up (s+1)/w, then cosine from 1 to 0 over the remaining steps."
@@ -689,10 +689,10 @@ def _record_failure(out, err:Exception):
     if rj.is_file(): write_json(json.loads(rj.read_text()) | dict(failed=str(err)), rj)
 
 # %% ../nbs/06_train.ipynb #4c26e879
-class Stage:
-    "What `fit` asks of a training stage: its data, model and generator, and the hooks of an epoch. `Pretraining` and `Finetuning` fill it in."
-    kind, views, drop_last = 'stage', 1, True  # run kind; images per slice in a step (for images/s); drop the last short batch
-    def tag(self) -> dict: return {}  # extra leading fields of an epoch's log row (pretraining: its phase)
+class Training:
+    "What `fit` asks of a training run: its data, model and generator, and the hooks of an epoch. `Pretraining` and `Finetuning` fill it in."
+    kind, views, drop_last = 'training', 1, True  # run kind; images per slice in a step (for images/s); drop the last short batch
+    def tag(self) -> dict: return {}  # extra leading fields of an epoch's log row (pretraining: its stage)
     def resume(self, ck:dict): pass  # take what else the checkpoint `ck` holds (optimiser, best epoch, ...)
     def begin_epoch(self, epoch:int): raise NotImplementedError  # set self.net, self.opt, self.sched, self.params and train mode
     def batches(self, epoch:int) -> list:  # this process's index tensors of the epoch's steps
@@ -706,7 +706,7 @@ class Stage:
     def summary(self) -> dict: return {}  # what else run.json says when the run is finished
 
 # %% ../nbs/06_train.ipynb #ee81aa29
-def fit(stage:Stage, # the stage to train, set up
+def fit(run:Training, # the run to train, set up (`Pretraining`, `Finetuning`)
         cfg, # its config (out, seed, batch, max_steps, progress)
         info:gdist.DistInfo, # from `init_distributed`
         resume:bool=False, # continue from `cfg.out/last.pt`
@@ -718,56 +718,56 @@ def fit(stage:Stage, # the stage to train, set up
     if resume and (out/'last.pt').is_file():
         ck = load_checkpoint(out/'last.pt')
         _check_resume(ck, cfg, out/'last.pt')
-        stage.model.load_state_dict(ck['model'])
+        run.model.load_state_dict(ck['model'])
         start, log = ck['epoch'], list(ck['log'])
-        set_rng_state(ck['rng'][info.rank] if info.rank < len(ck['rng']) else ck['rng'][0], stage.gen)
-        stage.resume(ck)
+        set_rng_state(ck['rng'][info.rank] if info.rank < len(ck['rng']) else ck['rng'][0], run.gen)
+        run.resume(ck)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         clean_stale_temporaries(out)
-        write_json(run_record(cfg, stage.kind, stage.manifest, info, stage.device, stage.fast_cfg) | dict(resumed_at=start if ck else None) | stage.record(),
+        write_json(run_record(cfg, run.kind, run.manifest, info, run.device, run.fast_cfg) | dict(resumed_at=start if ck else None) | run.record(),
                    out/'run.json')
     ran = 0
-    for epoch in range(start, stage.epochs):
+    for epoch in range(start, run.epochs):
         if stop_after is not None and ran >= stop_after: break
-        stage.begin_epoch(epoch)
-        tag = stage.tag()
-        where = f"{out}: {stage.kind}" + ''.join(f" ({v} {k})" for k, v in tag.items())
-        batches = stage.batches(epoch)
+        run.begin_epoch(epoch)
+        tag = run.tag()
+        where = f"{out}: {run.kind}" + ''.join(f" ({v} {k})" for k, v in tag.items())
+        batches = run.batches(epoch)
         t0, tot, seen = time.perf_counter(), 0., 0
-        bar = tqdm(batches, desc=' '.join([stage.kind, *map(str, tag.values()), f"{epoch + 1}/{stage.epochs}"]),
+        bar = tqdm(batches, desc=' '.join([run.kind, *map(str, tag.values()), f"{epoch + 1}/{run.epochs}"]),
                    disable=not (cfg.progress and main), leave=False)
         for i, idx in enumerate(bar):
-            loss = stage.loss(idx)
-            stage.opt.zero_grad(set_to_none=True)
+            loss = run.loss(idx)
+            run.opt.zero_grad(set_to_none=True)
             loss.backward()
-            try: lv = check_step(loss, stage.params, where, epoch, i, _kept(out, epoch))
+            try: lv = check_step(loss, run.params, where, epoch, i, _kept(out, epoch))
             except DivergenceError as e:
                 if main: _record_failure(out, e)
                 raise
-            stage.opt.step(); stage.sched.step(); stage.after_step()
+            run.opt.step(); run.sched.step(); run.after_step()
             tot += lv * len(idx); seen += len(idx)
-            bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{stage.views * seen * info.world / (time.perf_counter() - t0):.1f}")
+            bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{run.views * seen * info.world / (time.perf_counter() - t0):.1f}")
         secs = time.perf_counter() - t0
-        row = dict(epoch=epoch + 1, **tag, loss=_mean_over_ranks(tot / max(seen, 1), info), lr=stage.opt.param_groups[0]['lr'],
-                   seconds=round(secs, 3), images_per_s=round(stage.views * seen * info.world / max(secs, 1e-9), 2))
-        stage.end_epoch(epoch, row)
+        row = dict(epoch=epoch + 1, **tag, loss=_mean_over_ranks(tot / max(seen, 1), info), lr=run.opt.param_groups[0]['lr'],
+                   seconds=round(secs, 3), images_per_s=round(run.views * seen * info.world / max(secs, 1e-9), 2))
+        run.end_epoch(epoch, row)
         log.append(row)
-        rngs = _ranks_rng(stage.gen, info)
+        rngs = _ranks_rng(run.gen, info)
         if main:
-            save_checkpoint(dict(format='glrp.train', kind=stage.kind, config=cfg.to_dict(), paths=run_paths(cfg, out), model_args=stage.model_args,
-                                 model=stage.model.state_dict(), optimizer=stage.opt.state_dict(), scheduler=stage.sched.state_dict(),
-                                 epoch=epoch + 1, rng=rngs, sampler=dict(seed=cfg.seed, epoch=epoch + 1), log=log, **stage.state()), out/'last.pt')
+            save_checkpoint(dict(format='glrp.train', kind=run.kind, config=cfg.to_dict(), paths=run_paths(cfg, out), model_args=run.model_args,
+                                 model=run.model.state_dict(), optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(),
+                                 epoch=epoch + 1, rng=rngs, sampler=dict(seed=cfg.seed, epoch=epoch + 1), log=log, **run.state()), out/'last.pt')
             write_log(log, out)
         ran += 1
-    if main and log and log[-1]['epoch'] == stage.epochs:
-        write_json(json.loads((out/'run.json').read_text()) | dict(finished=time.strftime('%Y-%m-%dT%H:%M:%S'), epochs=stage.epochs) | stage.summary(),
+    if main and log and log[-1]['epoch'] == run.epochs:
+        write_json(json.loads((out/'run.json').read_text()) | dict(finished=time.strftime('%Y-%m-%dT%H:%M:%S'), epochs=run.epochs) | run.summary(),
                    out/'run.json')
     return log
 
 # %% ../nbs/06_train.ipynb #03457c4a
-class Pretraining(Stage):
-    "Contrastive pretraining of a UNet with heads on a fold's unlabeled pool, phase after phase (global, local, joint)."
+class Pretraining(Training):
+    "Contrastive pretraining of a UNet with heads on a fold's unlabeled pool, stage after stage (global, local, joint)."
     kind, views = 'pretrain', 2
     def __init__(self, cfg:PretrainConfig, info:gdist.DistInfo):
         self.cfg, self.info, self.device = cfg, info, info.device
@@ -784,30 +784,30 @@ class Pretraining(Stage):
         if self.fast_cfg['channels_last']: self.model = self.model.to(memory_format=torch.channels_last)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1009 + info.rank)
         self.aug = AugParams.contrastive(**cfg.aug)
-        self.phases = pretrain_phases(cfg)
-        self.epochs = sum(n for _, n in self.phases)
+        self.stages = pretrain_stages(cfg)
+        self.epochs = sum(n for _, n in self.stages)
         self.steps = len(epoch_batches(len(self.ds), cfg.batch, cfg.seed, 0, True, info.rank, info.world, cfg.max_steps))
-        self.phase = self.ck = None; self.start = 0
+        self.stage = self.ck = None; self.start = 0
 
-    def tag(self): return dict(phase=self.phase)
+    def tag(self): return dict(stage=self.stage)
     def resume(self, ck): self.ck, self.start = ck, ck['epoch']
     def begin_epoch(self, epoch):
-        "A new phase gets its parameters, optimiser and schedule (restored when resuming inside it)."
-        phase, p0 = phase_of(self.phases, epoch)
-        if phase != self.phase:
+        "A new stage gets its parameters, optimiser and schedule (restored when resuming inside it)."
+        stage, p0 = stage_of(self.stages, epoch)
+        if stage != self.stage:
             cfg = self.cfg
-            self.params = set_phase(self.model, phase)
-            lr = cfg.local_lr if phase == 'local' and cfg.local_lr is not None else cfg.lr
+            self.params = set_stage(self.model, stage)
+            lr = cfg.local_lr if stage == 'local' and cfg.local_lr is not None else cfg.lr
             self.opt = torch.optim.SGD(self.params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.wd)
-            n_ep = dict(self.phases)[phase]
+            n_ep = dict(self.stages)[stage]
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_cosine(n_ep * self.steps, cfg.warmup_epochs * self.steps))
-            if self.ck is not None and self.ck.get('phase') == phase and epoch == self.start and self.start > p0:
+            if self.ck is not None and self.ck.get('stage', self.ck.get('phase')) == stage and epoch == self.start and self.start > p0:
                 self.opt.load_state_dict(self.ck['optimizer']); self.sched.load_state_dict(self.ck['scheduler'])
             self.net = _wrap(ProjNet(self.model), self.info, self.device)
-            self.phase = phase
-        set_train_mode(self.model, phase)
-    def loss(self, idx): return pretrain_loss(self.net, self.ds.batch(idx), self.phase, self.cfg, self.aug, self.gen, self.device, self.fast_cfg, self.info)
-    def state(self): return dict(phase=self.phase)
+            self.stage = stage
+        set_train_mode(self.model, stage)
+    def loss(self, idx): return pretrain_loss(self.net, self.ds.batch(idx), self.stage, self.cfg, self.aug, self.gen, self.device, self.fast_cfg, self.info)
+    def state(self): return dict(stage=self.stage)
     def record(self): return dict(pool_slices=len(self.ds))
 
 # %% ../nbs/06_train.ipynb #a4f209ea
@@ -900,7 +900,7 @@ def finetune_schedule(cfg:FinetuneConfig, # the run's settings
     return drop_last, passes, steps * passes, epochs, cfg.val_every or max(1, epochs // 10)
 
 # %% ../nbs/06_train.ipynb #9cff24ad
-class Finetuning(Stage):
+class Finetuning(Training):
     "Supervised fine-tuning of the whole UNet on a fold's labeled patients; the epoch with the best validation Dice is kept as best.pt."
     kind = 'finetune'
     def __init__(self, cfg:FinetuneConfig, info:gdist.DistInfo):

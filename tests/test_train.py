@@ -46,7 +46,7 @@ def test_pretrain_resume_equivalence(phantom, fast):
     pretrain(c, resume=True)
     a, b = (load_checkpoint(root/f'pre_{s}_{fast}'/'last.pt') for s in ('straight', 'resumed'))
     assert_same_weights(a['model'], b['model'])
-    assert [r['phase'] for r in b['log']] == ['global', 'local']
+    assert [r['stage'] for r in b['log']] == ['global', 'local']
     assert np.allclose([r['loss'] for r in a['log']], [r['loss'] for r in b['log']], atol=1e-6)
 
 def test_pretrain_resume_within_phase(phantom):
