@@ -39,7 +39,7 @@ def nan_at(fn, epoch, monkeypatch, name):
 # ---------- 1. divergence ----------
 def test_pretrain_divergence_stops_and_keeps_last_good_checkpoint(phantom, monkeypatch):
     nan_at(gtrain.pretrain_loss, 1, monkeypatch, 'pretrain_loss')
-    with pytest.raises(DivergenceError, match=r'pretrain \(global phase\) diverged at epoch 2, step 1: loss nan'):
+    with pytest.raises(DivergenceError, match=r'pretrain \(global stage\) diverged at epoch 2, step 1: loss nan'):
         pretrain(pre_cfg(phantom, 'div_pre'))
     ck = load_checkpoint(phantom/'div_pre'/'last.pt')  # finite, so it loads
     assert ck['epoch'] == 1
